@@ -1,0 +1,1 @@
+from pipeline.cli import app

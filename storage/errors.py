@@ -1,0 +1,49 @@
+"""Errors raised by the dataset store. Each message names the dataset, ref or key involved."""
+
+
+class StoreError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class InvalidNameError(StoreError, ValueError):
+    """A dataset name, tag or ref is malformed (empty, '/', '..', control characters...)."""
+
+
+class DatasetNotFoundError(StoreError, LookupError):
+    """The dataset has no published version in this store."""
+
+
+class VersionNotFoundError(StoreError, LookupError):
+    """The dataset exists but not at the requested version."""
+
+
+class TagNotFoundError(StoreError, LookupError):
+    """No tag of that name exists for the dataset."""
+
+
+class TagExistsError(StoreError):
+    """The tag already points at another version (pass force=True to move it)."""
+
+
+class ManifestError(StoreError):
+    """A manifest is unreadable, truncated or not a manifest of this store."""
+
+
+class SchemaMismatchError(StoreError, ValueError):
+    """Batches handed to one publish do not share one schema."""
+
+
+class ConditionalWriteUnsupportedError(StoreError):
+    """The storage service ignores conditional writes; publishing there could lose versions."""
+
+
+class StoragePermissionError(StoreError, PermissionError):
+    """The service refused access (HTTP 403): credentials or policy are wrong."""
+
+
+class StorageUnavailableError(StoreError):
+    """The bucket or root does not exist, or the service stayed unreachable after retries."""
+
+
+class ChecksumMismatchError(StoreError):
+    """A data file's content differs from the checksum its manifest recorded."""

@@ -1,0 +1,304 @@
+"""DatasetStore: named, immutable, versioned Arrow/Parquet datasets on file://, memory:// and s3://.
+
+Layout under the store root:
+    <name>/v=000N/part-*-<txn>.parquet   immutable data files
+    <name>/_manifests/v=000N.json        commit record (see storage.manifest), created only if absent
+    <name>/_latest                       hint of the newest version, advanced by compare-and-swap
+    <name>/_tags/<tag>                   named versions ("vN")
+
+Commit protocol: write the parts, then create the manifest with create-if-absent. A lost
+race retries at the next version number; readers only ever open files a manifest lists,
+so a crashed or losing writer leaves nothing visible (`gc` removes its orphans).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from storage import retry
+from storage.backends import Backend, open_backend
+from storage.errors import (
+    ConditionalWriteUnsupportedError, DatasetNotFoundError, TagExistsError, TagNotFoundError,
+    VersionNotFoundError,
+)
+from storage.images import image_columns, image_features
+from storage.manifest import (
+    build_manifest, decode_manifest, decode_schema, encode_manifest, manifest_key, parse_manifest_key,
+)
+from storage.redact import redact, redact_url
+from storage.refs import LATEST, DatasetRef, format_ref, validate_name, validate_tag
+from storage.writer import PartWriter, as_batches
+
+log = logging.getLogger("storage")
+
+
+class DatasetStore:
+    """A versioned dataset store rooted at one URI.
+
+    Arguments:
+        uri:             "s3://bucket/prefix", "file:///abs/path", a plain path, or "memory://name".
+        storage_options: backend options; for s3: endpoint_url, region, key, secret, token,
+                         max_attempts (defaults come from the AWS environment, e.g. AWS_ENDPOINT_URL).
+        max_part_bytes:  size at which a publish starts a new Parquet part file.
+    """
+
+    def __init__(self, uri: str, storage_options: dict | None = None, *, max_part_bytes: int = 256 * 1024 * 1024):
+        self.backend: Backend = open_backend(str(uri), storage_options)
+        self.uri = redact_url(self.backend.uri)
+        self.max_part_bytes = max_part_bytes
+        self._manifests: dict[tuple[str, int], dict] = {}
+        self._conditional_writes_checked = False
+
+    def __repr__(self) -> str:
+        return f"DatasetStore({self.uri!r})"
+
+    # ----------------------------------------------------------------- writing
+    def publish(self, name: str, data: "pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]", *,
+                inputs: Iterable[str] = (), fingerprint: str | None = None, metadata: dict | None = None,
+                run_id: str | None = None, schema: pa.Schema | None = None,
+                row_group_rows: int | None = None) -> str:
+        """Publish `data` as the next version of `name`; returns the new ref, e.g. "preferences@v4".
+
+        `inputs` are refs of datasets in this store; they are pinned (`@latest` -> `@vN`) and
+        recorded as lineage. `schema` is needed only to publish an empty iterable.
+        Image struct columns get the Hugging Face `Image` metadata automatically.
+        """
+        validate_name(name)
+        pinned_inputs = [self.resolve(ref) for ref in inputs]
+        self.check_conditional_writes()
+        txn = uuid.uuid4().hex
+        guess = self.latest_version(name) + 1
+        writer = PartWriter(self.backend, f"{name}/v={guess:04d}", txn, name,
+                            row_group_rows=row_group_rows, max_part_bytes=self.max_part_bytes)
+        files = writer.write(as_batches(data), schema=schema)
+        version = guess
+        while True:
+            manifest = build_manifest(
+                name=name, version=version, files=files, schema=writer.schema, fingerprint=fingerprint,
+                inputs=pinned_inputs, run_id=run_id, metadata=redact(metadata or {}), txn=txn,
+            )
+            if self.backend.create(manifest_key(name, version), encode_manifest(manifest)):
+                break
+            # A retried request may have created it for us: the txn tells.
+            if self._load_manifest(name, version)["txn"] == txn:
+                break
+            version += 1
+        self._manifests[(name, version)] = manifest
+        self._advance_latest(name, version)
+        ref = format_ref(name, version)
+        log.info("published %s: %d rows in %d files (%d bytes)", ref, manifest["rows"], len(files), manifest["bytes"])
+        return ref
+
+    def check_conditional_writes(self) -> None:
+        """Refuse a store whose service ignores create-if-absent or compare-and-swap (probed once)."""
+        if self._conditional_writes_checked:
+            return
+        key = f"_probe/{uuid.uuid4().hex}"
+        try:
+            created = self.backend.create(key, b"first")
+            overwritten = self.backend.create(key, b"second")
+            swapped_with_stale_token = self.backend.swap(key, b"third", "stale-token")
+        finally:
+            self.backend.delete(key)
+        if not created or overwritten or swapped_with_stale_token:
+            raise ConditionalWriteUnsupportedError(
+                f"{self.uri} ignores conditional writes (If-None-Match / If-Match): publishing there could "
+                "silently lose versions. Use a service that honours them (AWS S3, MinIO, Ceph RGW, R2, ...)."
+            )
+        self._conditional_writes_checked = True
+
+    def _advance_latest(self, name: str, version: int) -> None:
+        key = f"{name}/_latest"
+        while True:
+            current = self.backend.get(key)
+            if current is not None and int(current[0]) >= version:
+                return
+            if self.backend.swap(key, str(version).encode(), current[1] if current else None):
+                return
+
+    def tag(self, ref: str, tag: str, *, force: bool = False) -> str:
+        """Name a version: `tag("preferences@v3", "paper-repro")`; returns the pinned ref.
+
+        Tags do not move unless `force=True`.
+        """
+        pinned = DatasetRef.parse(self.resolve(ref))
+        validate_tag(tag)
+        key = f"{pinned.name}/_tags/{tag}"
+        value = f"v{pinned.version}".encode()
+        while not self.backend.create(key, value):
+            current = self.backend.get(key)
+            if current is None:
+                continue
+            if current[0] == value:
+                break
+            if not force:
+                raise TagExistsError(
+                    f"tag {pinned.name}@{tag} already points at {current[0].decode()}; use force to move it")
+            if self.backend.swap(key, value, current[1]):
+                break
+        return str(pinned)
+
+    # ----------------------------------------------------------------- naming
+    def datasets(self) -> list[str]:
+        """Names of the datasets with at least one published version."""
+        names = []
+        for name in self.backend.children(""):
+            if name.startswith("_") or not name[:1].isalnum():
+                continue
+            if self.versions(name):
+                names.append(name)
+        return names
+
+    def versions(self, name: str) -> list[int]:
+        """Published version numbers of `name`, ascending ([] if it has none)."""
+        validate_name(name)
+        found = (parse_manifest_key(info.key.rsplit("/", 1)[-1]) for info in self.backend.list(f"{name}/_manifests"))
+        return sorted(version for version in found if version is not None)
+
+    def latest_version(self, name: str) -> int:
+        """Newest version number of `name`, 0 if none. Follows the `_latest` hint, then checks past it."""
+        hint = self.backend.get(f"{name}/_latest")
+        version = int(hint[0]) if hint else 0
+        while self.backend.get(manifest_key(name, version + 1)) is not None:
+            version += 1
+        return version
+
+    def tags(self, name: str) -> dict[str, str]:
+        """{tag: pinned ref} for `name`."""
+        validate_name(name)
+        found = {}
+        for info in self.backend.list(f"{name}/_tags"):
+            tag = info.key.rsplit("/", 1)[-1]
+            current = self.backend.get(info.key)
+            if current is not None:
+                found[tag] = f"{name}@{current[0].decode()}"
+        return found
+
+    def resolve(self, ref: "str | DatasetRef") -> str:
+        """Pin a ref: "preferences@latest" -> "preferences@v2"; also checks that a pinned version exists."""
+        parsed = DatasetRef.parse(ref)
+        if parsed.version is not None:
+            self.manifest(str(parsed))
+            return str(parsed)
+        if parsed.selector == LATEST:
+            version = self.latest_version(parsed.name)
+            if version == 0:
+                raise DatasetNotFoundError(f"dataset {parsed.name!r} has no published version in {self.uri}")
+            return format_ref(parsed.name, version)
+        current = self.backend.get(f"{parsed.name}/_tags/{parsed.selector}")
+        if current is None:
+            known = sorted(self.tags(parsed.name))
+            raise TagNotFoundError(f"no tag {parsed.selector!r} for dataset {parsed.name!r} in {self.uri} "
+                                   f"(tags: {', '.join(known) or 'none'})")
+        return f"{parsed.name}@{current[0].decode()}"
+
+    def manifest(self, ref: "str | DatasetRef") -> dict:
+        """The manifest of a version (see storage.manifest for its fields)."""
+        parsed = DatasetRef.parse(ref)
+        if parsed.version is None:
+            parsed = DatasetRef.parse(self.resolve(parsed))
+        return self._load_manifest(parsed.name, parsed.version)
+
+    def _load_manifest(self, name: str, version: int) -> dict:
+        cached = self._manifests.get((name, version))
+        if cached is not None:
+            return cached
+        found = self.backend.get(manifest_key(name, version))
+        if found is None:
+            if not self.versions(name):
+                raise DatasetNotFoundError(f"dataset {name!r} has no published version in {self.uri}")
+            raise VersionNotFoundError(f"{format_ref(name, version)} does not exist in {self.uri} "
+                                       f"(latest is v{self.latest_version(name)})")
+        manifest = decode_manifest(found[0], f"{format_ref(name, version)} in {self.uri}")
+        self._manifests[(name, version)] = manifest
+        return manifest
+
+    def find(self, fingerprint: str, name: str | None = None) -> str | None:
+        """The newest ref published with `fingerprint` (in dataset `name`, or any), else None."""
+        for candidate in ([name] if name else self.datasets()):
+            for version in reversed(self.versions(candidate)):
+                if self._load_manifest(candidate, version).get("fingerprint") == fingerprint:
+                    return format_ref(candidate, version)
+        return None
+
+    # ----------------------------------------------------------------- reading
+    def data_files(self, ref: str) -> list[str]:
+        """URLs of a version's data files, for pandas / datasets / fsspec with `storage_options()`."""
+        manifest = self.manifest(ref)
+        return [self.backend.url(f"{manifest['name']}/{item['path']}") for item in manifest["files"]]
+
+    def storage_options(self) -> dict:
+        """fsspec storage_options matching `data_files` (a fresh copy: `datasets` mutates it)."""
+        return dict(self.backend.fsspec_options())
+
+    def _dataset(self, manifest: dict) -> pads.Dataset:
+        paths = [self.backend.data_path(f"{manifest['name']}/{item['path']}") for item in manifest["files"]]
+        return pads.dataset(paths, schema=decode_schema(manifest), format="parquet", filesystem=self.backend.arrow_fs)
+
+    @staticmethod
+    def _expression(filter):
+        if filter is None or isinstance(filter, pc.Expression):
+            return filter
+        return pq.filters_to_expression(filter)
+
+    def read_arrow(self, ref: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+        """Read a version as a pyarrow Table. `filter`: a pyarrow Expression or DNF tuples
+        like [("split", "==", "train")]."""
+        manifest = self.manifest(ref)
+        table = retry.call(
+            lambda: self._dataset(manifest).to_table(columns=columns, filter=self._expression(filter)),
+            what=f"read {self.resolve(ref)}",
+        )
+        if columns is not None and image_columns(table.schema):
+            table = table.replace_schema_metadata(image_features(table.schema, image_columns(table.schema)).metadata)
+        return table
+
+    def read_pandas(self, ref: str, columns: list[str] | None = None, filter=None):
+        """Read a version as a pandas DataFrame (image cells are {bytes, path} dicts)."""
+        return self.read_arrow(ref, columns=columns, filter=filter).to_pandas()
+
+    def iter_batches(self, ref: str, batch_size: int = 1024, columns: list[str] | None = None,
+                     filter=None) -> Iterator[pa.RecordBatch]:
+        """Stream a version batch by batch; memory stays bounded by a few row groups."""
+        manifest = self.manifest(ref)
+        yield from self._dataset(manifest).to_batches(
+            columns=columns, filter=self._expression(filter), batch_size=batch_size,
+            batch_readahead=1, fragment_readahead=1,
+        )
+
+    def to_hf_dataset(self, ref: str, columns: list[str] | None = None, cache_dir: str | None = None):
+        """A Hugging Face `datasets.Dataset` of a version; image columns decode to PIL images.
+
+        Remote files are first copied to a local checksum-addressed cache, so this works
+        with HF_HUB_OFFLINE=1 and memory-maps instead of holding the data in RAM.
+        """
+        from storage.transfer import hf_dataset
+
+        return hf_dataset(self, ref, columns=columns, cache_dir=cache_dir)
+
+    def pull(self, ref: str, to: str, format: str = "parquet") -> str:
+        """Copy a version to a local folder as Parquet files + manifest.json, or as a saved HF dataset."""
+        from storage.transfer import pull
+
+        return pull(self, ref, to, format=format)
+
+    def verify(self, ref: str) -> None:
+        """Re-read every data file of a version and check its recorded size and sha256."""
+        from storage.transfer import verify
+
+        verify(self, ref)
+
+    def gc(self, older_than: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Delete data files no manifest lists, older than `older_than` seconds; returns their keys."""
+        from storage.transfer import collect_garbage
+
+        return collect_garbage(self, older_than=older_than, dry_run=dry_run)
+
+    def close(self) -> None:
+        self.backend.close()

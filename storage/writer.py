@@ -1,0 +1,144 @@
+"""Writes a stream of record batches as immutable Parquet part files.
+
+Each part is built in memory (bounded by `max_part_bytes`), hashed, then uploaded in one
+request, so a part is either wholly written or absent and its checksum costs no re-read.
+Image byte columns are stored uncompressed (PNG does not compress further) and without
+dictionary encoding; every other leaf column is zstd-compressed.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.backends import Backend
+from storage.errors import SchemaMismatchError, StoreError
+from storage.images import IMAGE_TYPE, image_columns, image_features
+
+IMAGE_ROW_GROUP_ROWS = 64
+PLAIN_ROW_GROUP_ROWS = 64 * 1024
+
+
+def as_batches(data: "pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch | pa.Table]") -> Iterator[pa.RecordBatch]:
+    if isinstance(data, pa.Table):
+        yield from data.to_batches()
+    elif isinstance(data, pa.RecordBatch):
+        yield data
+    else:
+        for item in data:
+            if isinstance(item, pa.Table):
+                yield from item.to_batches()
+            elif isinstance(item, pa.RecordBatch):
+                yield item
+            else:
+                raise TypeError(f"publish takes pyarrow Tables or RecordBatches, got {type(item).__name__}")
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    parquet_schema = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return [parquet_schema.column(i).path for i in range(len(parquet_schema))]
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema as stored: image struct columns carry the Hugging Face `Image` metadata."""
+    images = image_columns(schema)
+    if images and b"huggingface" not in (schema.metadata or {}):
+        return image_features(schema, images)
+    return schema
+
+
+class PartWriter:
+    """Writes one publish's data files under `folder` and returns their manifest entries.
+
+    Arguments:
+        backend:        where the files go.
+        folder:         key prefix of the parts, e.g. "preferences/v=0003".
+        txn:            the publish's unique id, part of every file name.
+        dataset:        dataset name, for error messages.
+        row_group_rows: rows per Parquet row group; default 64 for tables with image columns
+                        (so a reader fetches few images at a time), 65536 otherwise.
+        max_part_bytes: a new part file starts once the current one reaches this size.
+    """
+
+    def __init__(self, backend: Backend, folder: str, txn: str, dataset: str,
+                 row_group_rows: int | None = None, max_part_bytes: int = 256 * 1024 * 1024):
+        self.backend = backend
+        self.folder = folder
+        self.txn = txn
+        self.dataset = dataset
+        self.row_group_rows = row_group_rows
+        self.max_part_bytes = max_part_bytes
+        self.files: list[dict] = []
+        self.schema: pa.Schema | None = None
+
+    def write(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema | None = None) -> list[dict]:
+        """Write every batch; returns [{path, rows, bytes, sha256}] with paths relative to the dataset."""
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        writer = sink = None
+        for batch in batches:
+            if self.schema is None:
+                self._start(batch.schema)
+            elif not batch.schema.equals(self.schema, check_metadata=False):
+                raise SchemaMismatchError(
+                    f"publish of {self.dataset!r}: batch schema {batch.schema.to_string(show_schema_metadata=False)} "
+                    f"differs from the first batch's {self.schema.to_string(show_schema_metadata=False)}"
+                )
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            while pending_rows >= self.row_group_rows:
+                table = pa.Table.from_batches(pending, schema=self.schema)
+                head, rest = table.slice(0, self.row_group_rows), table.slice(self.row_group_rows)
+                writer, sink = self._write_group(writer, sink, head)
+                pending, pending_rows = rest.to_batches(), rest.num_rows
+        if self.schema is None:
+            if schema is None:
+                raise StoreError(f"publish of {self.dataset!r} got no rows and no schema; pass schema= to publish an empty dataset")
+            self._start(schema)
+        if pending_rows or (writer is None and not self.files):
+            writer, sink = self._write_group(writer, sink, pa.Table.from_batches(pending, schema=self.schema))
+        self._finish_part(writer, sink)
+        return self.files
+
+    def _start(self, schema: pa.Schema) -> None:
+        self.schema = storage_schema(schema)
+        images = image_columns(self.schema)
+        if self.row_group_rows is None:
+            self.row_group_rows = IMAGE_ROW_GROUP_ROWS if images else PLAIN_ROW_GROUP_ROWS
+        raw_paths = {f"{column}.bytes" for column in images}
+        leaves = _leaf_paths(self.schema)
+        self._compression = {path: ("NONE" if path in raw_paths else "ZSTD") for path in leaves}
+        self._dictionary = [path for path in leaves if path not in raw_paths]
+
+    def _open_part(self):
+        sink = pa.BufferOutputStream()
+        writer = pq.ParquetWriter(sink, self.schema, compression=self._compression, use_dictionary=self._dictionary)
+        return writer, sink
+
+    def _write_group(self, writer, sink, table: pa.Table):
+        if writer is None:
+            writer, sink = self._open_part()
+        writer.write_table(table, row_group_size=self.row_group_rows)
+        if sink.tell() >= self.max_part_bytes:
+            self._finish_part(writer, sink)
+            writer = sink = None
+        return writer, sink
+
+    def _finish_part(self, writer, sink) -> None:
+        if writer is None:
+            return
+        writer.close()
+        buffer = sink.getvalue()
+        name = f"part-{len(self.files):05d}-{self.txn}.parquet"
+        self.backend.write_file(f"{self.folder}/{name}", buffer)
+        rows = pq.ParquetFile(pa.BufferReader(buffer)).metadata.num_rows
+        self.files.append({
+            "path": f"{self.folder.split('/', 1)[1]}/{name}",
+            "rows": rows,
+            "bytes": buffer.size,
+            "sha256": hashlib.sha256(buffer).hexdigest(),
+        })

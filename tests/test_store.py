@@ -1,0 +1,244 @@
+"""The dataset store's contract, run unchanged on file://, memory:// and s3:// (moto's HTTP server)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from storage import (
+    DatasetNotFoundError, DatasetStore, InvalidNameError, ManifestError, SchemaMismatchError, TagExistsError,
+    TagNotFoundError, VersionNotFoundError, image_array,
+)
+from store_params import BACKEND_KINDS, store_location
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def location(request, tmp_path):
+    return store_location(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def store(location):
+    opened = DatasetStore(*location)
+    yield opened
+    opened.close()
+
+
+def make_table(rows: int, offset: int = 0, with_images: bool = False) -> pa.Table:
+    columns = {
+        "id": pa.array([f"item-{offset + i:05d}" for i in range(rows)]),
+        "value": pa.array(np.arange(offset, offset + rows, dtype=np.float64)),
+        "split": pa.array(["train" if i % 4 else "test" for i in range(rows)]),
+    }
+    if with_images:
+        rng = np.random.default_rng(offset)
+        columns["image"] = image_array(rng.integers(0, 255, (rows, 8, 8, 3), dtype=np.uint8))
+    return pa.table(columns)
+
+
+def test_publish_read_roundtrip_and_versions(store):
+    assert store.versions("scores") == []
+    ref1 = store.publish("scores", make_table(10))
+    ref2 = store.publish("scores", make_table(5, offset=100), inputs=[ref1], fingerprint="fp-2",
+                         metadata={"stage": "score", "note": "second"}, run_id="run-7")
+    assert (ref1, ref2) == ("scores@v1", "scores@v2")
+    assert store.versions("scores") == [1, 2]
+    assert store.datasets() == ["scores"]
+    assert store.resolve("scores@latest") == "scores@v2"
+    assert store.resolve("scores") == "scores@v2"
+    assert store.read_arrow("scores@v1").equals(make_table(10))
+    assert store.read_arrow("scores@latest").column("value").to_pylist() == [100.0, 101, 102, 103, 104]
+    manifest = store.manifest(ref2)
+    assert manifest["rows"] == 5 and manifest["inputs"] == ["scores@v1"] and manifest["fingerprint"] == "fp-2"
+    assert manifest["run_id"] == "run-7" and manifest["metadata"] == {"stage": "score", "note": "second"}
+    assert [field["name"] for field in manifest["schema"]] == ["id", "value", "split"]
+    assert all(len(item["sha256"]) == 64 and item["bytes"] > 0 for item in manifest["files"])
+    assert manifest["created_at"].endswith("+00:00")
+
+
+def test_inputs_are_pinned_and_must_exist(store):
+    store.publish("a", make_table(3))
+    store.publish("a", make_table(3))
+    ref = store.publish("b", make_table(3), inputs=["a@latest"])
+    assert store.manifest(ref)["inputs"] == ["a@v2"]
+    with pytest.raises(DatasetNotFoundError, match="'missing'"):
+        store.publish("b", make_table(3), inputs=["missing@latest"])
+    assert store.versions("b") == [1]
+
+
+def test_columns_filter_and_pandas(store):
+    ref = store.publish("t", make_table(40))
+    table = store.read_arrow(ref, columns=["id", "split"], filter=pc.field("split") == "test")
+    assert table.column_names == ["id", "split"] and table.num_rows == 10
+    assert store.read_arrow(ref, filter=[("value", ">=", 35)]).num_rows == 5
+    frame = store.read_pandas(ref)
+    assert list(frame["id"][:2]) == ["item-00000", "item-00001"] and len(frame) == 40
+
+
+def test_iter_batches_streams_every_part(store):
+    store.max_part_bytes = 1  # one part per row group: exercises multi-file versions
+    ref = store.publish("big", make_table(300), row_group_rows=64)
+    assert len(store.manifest(ref)["files"]) == 5
+    batches = list(store.iter_batches(ref, batch_size=50))
+    assert max(batch.num_rows for batch in batches) <= 50
+    assert pa.Table.from_batches(batches).equals(store.read_arrow(ref))
+    assert sum(batch.num_rows for batch in store.iter_batches(ref, filter=pc.field("split") == "test")) == 75
+
+
+def test_publish_from_batches_and_schema_mismatch(store):
+    batches = make_table(20).to_batches(max_chunksize=3)
+    ref = store.publish("stream", iter(batches))
+    assert store.read_arrow(ref).num_rows == 20
+    other = pa.table({"id": ["x"], "value": ["not a float"], "split": ["a"]})
+    with pytest.raises(SchemaMismatchError, match="'stream'"):
+        store.publish("stream", iter([batches[0], *other.to_batches()]))
+    assert store.versions("stream") == [1]
+
+
+def test_empty_dataset_needs_schema(store):
+    schema = make_table(1).schema
+    ref = store.publish("empty", iter([]), schema=schema)
+    assert store.read_arrow(ref).num_rows == 0 and store.read_arrow(ref).schema.names == schema.names
+    with pytest.raises(Exception, match="no rows and no schema"):
+        store.publish("empty", iter([]))
+
+
+def test_tags(store):
+    store.publish("p", make_table(2))
+    store.publish("p", make_table(2))
+    assert store.tag("p@v1", "paper-repro") == "p@v1"
+    assert store.resolve("p@paper-repro") == "p@v1"
+    assert store.tag("p@v1", "paper-repro") == "p@v1"  # idempotent
+    with pytest.raises(TagExistsError, match="already points at v1"):
+        store.tag("p@v2", "paper-repro")
+    store.tag("p@latest", "paper-repro", force=True)
+    assert store.resolve("p@paper-repro") == "p@v2"
+    assert store.tags("p") == {"paper-repro": "p@v2"}
+    with pytest.raises(TagNotFoundError, match="no tag 'nope'.*paper-repro"):
+        store.resolve("p@nope")
+
+
+def test_find_by_fingerprint(store):
+    store.publish("x", make_table(2), fingerprint="aaa")
+    store.publish("y", make_table(2), fingerprint="bbb")
+    store.publish("y", make_table(2), fingerprint="ccc")
+    assert store.find("bbb") == "y@v1"
+    assert store.find("ccc", name="y") == "y@v2"
+    assert store.find("aaa", name="y") is None
+    assert store.find("zzz") is None
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "..", "a..b", "x\ny", "tab\tname", "/abs", "-lead", "a@b@c", 7])
+def test_bad_names_rejected(store, bad):
+    with pytest.raises(InvalidNameError):
+        store.publish(bad, make_table(1))
+    with pytest.raises(InvalidNameError):
+        store.resolve(bad if isinstance(bad, str) and "@" in str(bad) else f"{bad}@v1" if isinstance(bad, str) else bad)
+
+
+def test_bad_tags_and_refs_rejected(store):
+    store.publish("ok", make_table(1))
+    for tag in ["", "../x", "a/b", "bad\x00tag", "latest", "v3"]:
+        with pytest.raises(InvalidNameError):
+            store.tag("ok@v1", tag)
+    for ref in ["ok@v0", "ok@", "ok@latest@x", "ok@../x"]:
+        with pytest.raises(InvalidNameError):
+            store.resolve(ref)
+
+
+def test_missing_things_give_clear_errors(store):
+    with pytest.raises(DatasetNotFoundError, match="'ghost' has no published version"):
+        store.resolve("ghost@latest")
+    with pytest.raises(DatasetNotFoundError, match="'ghost'"):
+        store.read_arrow("ghost@v1")
+    store.publish("real", make_table(1))
+    with pytest.raises(VersionNotFoundError, match=r"real@v5 does not exist.*latest is v1"):
+        store.manifest("real@v5")
+
+
+def test_unreadable_manifest_is_a_clear_error(store):
+    store.publish("broken", make_table(1))
+    store.backend.create("broken/_manifests/v=0002.json", b"{not json")
+    with pytest.raises(ManifestError, match=r"broken@v2 .* unreadable"):
+        store.manifest("broken@v2")
+    store.backend.create("broken/_manifests/v=0003.json", json.dumps({"format": "x"}).encode())
+    with pytest.raises(ManifestError, match="not a dataset manifest"):
+        store.manifest("broken@v3")
+
+
+def test_secrets_never_reach_manifests(store):
+    ref = store.publish("s", make_table(1), metadata={
+        "aws_secret_access_key": "SUPERSECRET", "api_token": "tok-123", "endpoint": "https://user:pw@host/x",
+        "nested": {"password": "hunter2", "ok": 1},
+    })
+    raw = store.backend.get("s/_manifests/v=0001.json")[0].decode()
+    for secret in ("SUPERSECRET", "tok-123", "user:pw", "hunter2"):
+        assert secret not in raw
+    assert store.manifest(ref)["metadata"]["nested"]["ok"] == 1
+    assert "testing" not in raw  # the S3 test credentials
+    assert "testing" not in repr(store) and "testing" not in store.uri
+
+
+def test_images_roundtrip_to_hf_with_exact_pixels(store, tmp_path):
+    table = make_table(6, with_images=True)
+    ref = store.publish("imgs", table)
+    dataset = store.to_hf_dataset(ref, cache_dir=str(tmp_path / "cache"))
+    assert len(dataset) == 6
+    rng = np.random.default_rng(0)
+    expected = rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
+    for row, pixels in zip(dataset, expected):
+        assert row["image"].mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(row["image"]), pixels)
+    assert dataset[0]["id"] == "item-00000"
+    subset = store.to_hf_dataset(ref, columns=["id", "image"], cache_dir=str(tmp_path / "cache"))
+    assert subset.column_names == ["id", "image"]
+
+
+def test_image_bytes_stored_uncompressed(store):
+    import pyarrow.parquet as pq
+
+    ref = store.publish("raw", make_table(4, with_images=True))
+    path = store.manifest(ref)["files"][0]["path"]
+    data = store.backend.read_file(f"raw/{path}")
+    metadata = pq.ParquetFile(pa.BufferReader(data)).metadata
+    codecs = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i).compression
+              for i in range(metadata.num_columns)}
+    assert codecs["image.bytes"] == "UNCOMPRESSED"
+    assert codecs["id"] == "ZSTD"
+
+
+def test_pull_parquet_and_hf(store, tmp_path):
+    import datasets
+
+    ref = store.publish("pulled", make_table(5, with_images=True))
+    folder = store.pull(ref, str(tmp_path / "pq"))
+    manifest = json.loads((tmp_path / "pq" / "manifest.json").read_text())
+    assert manifest["version"] == 1
+    parquet_files = sorted(p for p in (tmp_path / "pq").iterdir() if p.suffix == ".parquet")
+    assert len(parquet_files) == len(manifest["files"]) and folder == str(tmp_path / "pq")
+    store.pull(ref, str(tmp_path / "hf"), format="hf")
+    loaded = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert loaded[4]["id"] == "item-00004" and loaded[4]["image"].size == (8, 8)
+    with pytest.raises(Exception, match="not empty"):
+        store.pull(ref, str(tmp_path / "pq"))
+
+
+def test_verify_detects_corruption(tmp_path):
+    store = DatasetStore(str(tmp_path / "s"))
+    ref = store.publish("v", make_table(5))
+    store.verify(ref)
+    path = tmp_path / "s" / "v" / store.manifest(ref)["files"][0]["path"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(Exception, match="does not match its manifest"):
+        store.verify(ref)
+
+
+def test_two_store_objects_share_state(store, location):
+    other = DatasetStore(*location)
+    store.publish("shared", make_table(1))
+    other.publish("shared", make_table(2))
+    assert store.resolve("shared@latest") == "shared@v2"
+    assert other.read_arrow("shared@v1").num_rows == 1
