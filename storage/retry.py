@@ -24,7 +24,8 @@ _PERMISSION_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatc
 # pyarrow's native S3 client reports errors as OSError text only.
 _TRANSIENT_TEXT = (
     "http status 5", "slowdown", "slow_down", "throttl", "timed out", "timeout", "connection",
-    "curlcode", "service unavailable", "internal error", "internalerror", "network", "broken pipe",
+    "curlcode", "service unavailable", "service_unavailable", "internal_failure", "network_connection",
+    "request_timeout", "response stream", "internal error", "internalerror", "network", "broken pipe",
     "reset by peer", "unexpected eof", "incomplete", "503", "500", "502", "504",
 )
 _PERMISSION_TEXT = ("access_denied", "accessdenied", "access denied", "http status 403", "forbidden")

@@ -1,0 +1,224 @@
+"""The record of one sampled degradation: every random value, JSON-serialisable.
+
+A :class:`DegradationParams` is what a dataset row stores; together with the HR
+image it regenerates the LQ bit-for-bit (see :func:`~.pipeline.replay`). Per-pixel
+noise is not stored: each noise step records the seed of the
+``numpy.random.Generator(PCG64(seed))`` that draws it, so the record stays small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RECORD_VERSION = 1
+
+NoiseKind = Literal["gaussian", "poisson"]
+ResizeMode = Literal["area", "bilinear", "bicubic"]
+FinalOrder = Literal["resize_sinc_then_jpeg", "jpeg_then_resize_sinc"]
+
+
+def _build(cls, data: dict[str, Any], **nested: Any):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**{**data, **nested})
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """One blur or sinc kernel.
+
+    Attributes:
+        kind: ``iso``, ``aniso``, ``generalized_iso``, ``generalized_aniso``, ``plateau_iso``,
+            ``plateau_aniso`` or ``sinc``.
+        size: odd support of the kernel, in pixels.
+        padded_size: odd size the kernel is zero-padded to before filtering.
+        sigma_x: standard deviation along the first principal axis (not for ``sinc``).
+        sigma_y: along the second axis; equals ``sigma_x`` for isotropic families.
+        theta: rotation of the principal axes in radians; 0 for isotropic families.
+        beta: shape of generalized and plateau kernels, else ``None``.
+        omega_c: cutoff of a ``sinc`` kernel in radians, else ``None``.
+    """
+
+    kind: str
+    size: int
+    padded_size: int
+    sigma_x: float | None = None
+    sigma_y: float | None = None
+    theta: float | None = None
+    beta: float | None = None
+    omega_c: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KernelParams:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class ResizeParams:
+    """One random resize.
+
+    Attributes:
+        direction: ``up``, ``down`` or ``keep``.
+        scale: factor drawn for the direction (1.0 for ``keep``). Stage 1 applies it to the
+            current image; stage 2 applies it to the LQ size (``crop / config.scale``).
+        mode: ``area``, ``bilinear`` or ``bicubic`` (``torch.nn.functional.interpolate``).
+    """
+
+    direction: Literal["up", "down", "keep"]
+    scale: float
+    mode: ResizeMode
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResizeParams:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class NoiseParams:
+    """One additive noise step.
+
+    Attributes:
+        kind: ``gaussian`` or ``poisson``.
+        gray: one noise field shared by the three channels when true.
+        sigma: Gaussian standard deviation on the 0-255 scale (``gaussian`` only).
+        poisson_scale: multiplier of the Poisson noise (``poisson`` only).
+        seed: seed of the ``numpy.random.Generator(PCG64(seed))`` drawing the noise field.
+    """
+
+    kind: NoiseKind
+    gray: bool
+    seed: int
+    sigma: float | None = None
+    poisson_scale: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NoiseParams:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """The HR crop, in pixels of the input image.
+
+    Attributes:
+        top, left: corner of the crop.
+        height, width: size of the crop, both multiples of the scale factor.
+        reduced: true when the input was smaller than ``gt_size`` and the crop was shrunk
+            to the largest multiple of the scale factor that fits (the HR is never upsampled).
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    reduced: bool
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CropParams:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """One degradation stage: blur, resize, noise (and, in stage 1, JPEG).
+
+    Attributes:
+        blur: the kernel, or ``None`` when stage 2 skipped its blur (``second_blur_prob``).
+        resize: the random resize.
+        noise: the additive noise.
+        jpeg_quality: JPEG quality of stage 1; ``None`` in stage 2, whose JPEG is part of
+            :class:`FinalParams`.
+    """
+
+    blur: KernelParams | None
+    resize: ResizeParams
+    noise: NoiseParams
+    jpeg_quality: int | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageParams:
+        blur = None if data.get("blur") is None else KernelParams.from_dict(data["blur"])
+        return _build(cls, data, blur=blur, resize=ResizeParams.from_dict(data["resize"]),
+                      noise=NoiseParams.from_dict(data["noise"]))
+
+
+@dataclass(frozen=True)
+class FinalParams:
+    """The last step: resize to the LQ size with the final sinc filter, and JPEG, in either order.
+
+    Attributes:
+        order: ``resize_sinc_then_jpeg`` or ``jpeg_then_resize_sinc`` (p 0.5 each).
+        resize_mode: interpolation of the resize to ``crop / scale``.
+        sinc: the final sinc kernel, or ``None`` when no filter is applied.
+        jpeg_quality: JPEG quality.
+    """
+
+    order: FinalOrder
+    resize_mode: ResizeMode
+    sinc: KernelParams | None
+    jpeg_quality: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinalParams:
+        sinc = None if data.get("sinc") is None else KernelParams.from_dict(data["sinc"])
+        return _build(cls, data, sinc=sinc)
+
+
+@dataclass(frozen=True)
+class DegradationParams:
+    """Everything :func:`~.pipeline.apply` needs besides the HR image.
+
+    Attributes:
+        version: record format version (:data:`RECORD_VERSION`).
+        seed: the ``rng_seed`` the record was sampled from.
+        scale: super-resolution factor; the LQ is ``crop.height / scale x crop.width / scale``.
+        hr_height, hr_width: size of the HR image the record was sampled for.
+        crop: the HR crop.
+        use_usm: whether the HR crop is unsharp-masked before degrading.
+        stage1, stage2: the two degradation stages.
+        final: the final resize + sinc and JPEG.
+    """
+
+    version: int
+    seed: int
+    scale: int
+    hr_height: int
+    hr_width: int
+    crop: CropParams
+    use_usm: bool
+    stage1: StageParams
+    stage2: StageParams
+    final: FinalParams
+
+    @property
+    def lq_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the LQ image."""
+        return self.crop.height // self.scale, self.crop.width // self.scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested dict of plain Python values (int, float, str, bool, None), ready for ``json.dumps``."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Compact JSON of :meth:`to_dict`; floats round-trip exactly."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DegradationParams:
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on unknown fields or another version."""
+        if data.get("version") != RECORD_VERSION:
+            raise ValueError(f"unsupported degradation record version {data.get('version')!r}, "
+                             f"expected {RECORD_VERSION}")
+        return _build(cls, data, crop=CropParams.from_dict(data["crop"]),
+                      stage1=StageParams.from_dict(data["stage1"]), stage2=StageParams.from_dict(data["stage2"]),
+                      final=FinalParams.from_dict(data["final"]))
+
+    @classmethod
+    def from_json(cls, text: str) -> DegradationParams:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
