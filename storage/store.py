@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +32,7 @@ from storage.manifest import (
     build_manifest, decode_manifest, decode_schema, encode_manifest, manifest_key, parse_manifest_key,
 )
 from storage.redact import redact, redact_url
+from storage.scratch import Scratch
 from storage.refs import LATEST, DatasetRef, format_ref, validate_name, validate_tag
 from storage.writer import PartWriter, as_batches
 
@@ -60,13 +61,15 @@ class DatasetStore:
 
     # ----------------------------------------------------------------- writing
     def publish(self, name: str, data: "pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]", *,
-                inputs: Iterable[str] = (), fingerprint: str | None = None, metadata: dict | None = None,
+                inputs: Iterable[str] = (), fingerprint: str | None = None,
+                metadata: "dict | Callable[[], dict] | None" = None,
                 run_id: str | None = None, schema: pa.Schema | None = None,
                 row_group_rows: int | None = None) -> str:
         """Publish `data` as the next version of `name`; returns the new ref, e.g. "preferences@v4".
 
         `inputs` are refs of datasets in this store; they are pinned (`@latest` -> `@vN`) and
-        recorded as lineage. `schema` is needed only to publish an empty iterable.
+        recorded as lineage. `schema` is needed only to publish an empty iterable. `metadata` may
+        be a function, called once the data is written (for facts gathered while streaming).
         Image struct columns get the Hugging Face `Image` metadata automatically.
         """
         validate_name(name)
@@ -77,11 +80,12 @@ class DatasetStore:
         writer = PartWriter(self.backend, f"{name}/v={guess:04d}", txn, name,
                             row_group_rows=row_group_rows, max_part_bytes=self.max_part_bytes)
         files = writer.write(as_batches(data), schema=schema)
+        metadata = redact((metadata() if callable(metadata) else metadata) or {})
         version = guess
         while True:
             manifest = build_manifest(
                 name=name, version=version, files=files, schema=writer.schema, fingerprint=fingerprint,
-                inputs=pinned_inputs, run_id=run_id, metadata=redact(metadata or {}), txn=txn,
+                inputs=pinned_inputs, run_id=run_id, metadata=metadata, txn=txn,
             )
             if self.backend.create(manifest_key(name, version), encode_manifest(manifest)):
                 break
@@ -294,11 +298,16 @@ class DatasetStore:
 
         verify(self, ref)
 
-    def gc(self, older_than: float = 3600.0, dry_run: bool = False) -> list[str]:
-        """Delete data files no manifest lists, older than `older_than` seconds; returns their keys."""
+    def gc(self, older_than: float = 3600.0, dry_run: bool = False, scratch_older_than: float = 7 * 86400.0) -> list[str]:
+        """Delete data files no manifest lists, older than `older_than` seconds, and scratch
+        tables older than `scratch_older_than`; returns their keys."""
         from storage.transfer import collect_garbage
 
-        return collect_garbage(self, older_than=older_than, dry_run=dry_run)
+        return collect_garbage(self, older_than=older_than, dry_run=dry_run, scratch_older_than=scratch_older_than)
+
+    def scratch(self, namespace: str) -> "Scratch":
+        """Unversioned staging tables for resumable jobs (see storage.scratch)."""
+        return Scratch(self.backend, namespace)
 
     def close(self) -> None:
         self.backend.close()

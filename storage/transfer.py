@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from storage.backends.local import TEMP_MARK, LocalBackend
 from storage.errors import ChecksumMismatchError, ManifestError, StoreError
+from storage.scratch import SCRATCH_FOLDER
 
 if TYPE_CHECKING:
     from storage.store import DatasetStore
@@ -99,14 +100,18 @@ def _is_control(key: str) -> bool:
     return len(parts) >= 2 and parts[1] in ("_manifests", "_tags", "_latest")
 
 
-def collect_garbage(store: "DatasetStore", older_than: float = 3600.0, dry_run: bool = False) -> list[str]:
+def collect_garbage(store: "DatasetStore", older_than: float = 3600.0, dry_run: bool = False,
+                    scratch_older_than: float = 7 * 86400.0) -> list[str]:
     """Delete objects that no manifest lists and that are older than `older_than` seconds:
-    parts of crashed or losing publishes, stale probe objects and temp files. Datasets with
-    an unreadable manifest are left alone. Returns the deleted (or, with dry_run, deletable) keys."""
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than)
+    parts of crashed or losing publishes, stale probe objects and temp files; and scratch
+    tables older than `scratch_older_than`. Datasets with an unreadable manifest are left
+    alone. Returns the deleted (or, with dry_run, deletable) keys."""
+    now = datetime.now(timezone.utc)
     backend = store.backend
     doomed = []
     for folder in backend.children(""):
+        threshold = scratch_older_than if folder == SCRATCH_FOLDER else older_than
+        cutoff = now - timedelta(seconds=threshold)
         objects = backend.list(folder)
         referenced: set[str] = set()
         if not folder.startswith("_"):

@@ -89,6 +89,11 @@ class LocalBackend(Backend):
             os.replace(self._write_temp(path, data), path)
             return True
 
+    def write_file(self, key: str, data) -> None:
+        """Temp file + rename: a crash mid-write never leaves a truncated file at `key`."""
+        path = self.data_path(key)
+        os.replace(self._write_temp(path, memoryview(data)), path)
+
     def delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))

@@ -1,0 +1,37 @@
+"""The datasets this pipeline writes: names and Arrow schemas, one documented record each.
+
+Image columns use the Hugging Face `Image` struct (storage.IMAGE_TYPE): `datasets`
+decodes them to PIL, pandas sees {bytes, path}.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from storage import IMAGE_TYPE
+
+HR_IMAGES = pa.schema([
+    ("image_id", pa.string()),   # first 20 hex digits of the sha256 of the source file's bytes
+    ("source", pa.string()),     # where it came from, relative to the ingest source (no credentials)
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("split", pa.string()),      # train | val | test, from the content hash: stable across re-ingests
+    ("image", IMAGE_TYPE),       # 8-bit RGB PNG, EXIF orientation applied
+    ("notes", pa.string()),      # conversions applied ("CMYK -> RGB; EXIF orientation 6 applied"), or ""
+])
+"""`hr_images`: one row per distinct source image (duplicates by content are stored once)."""
+
+LQ_PAIRS = pa.schema([
+    ("sample_id", pa.string()),          # hash of (image_id, seed): the id every later dataset refers to
+    ("image_id", pa.string()),           # the hr_images row it came from
+    ("split", pa.string()),
+    ("crop_top", pa.int32()),            # HR crop box inside the source image, in pixels
+    ("crop_left", pa.int32()),
+    ("crop_height", pa.int32()),
+    ("crop_width", pa.int32()),
+    ("scale", pa.int32()),               # HR side / LQ side
+    ("hr", IMAGE_TYPE),                  # the HR crop (ground truth)
+    ("lq", IMAGE_TYPE),                  # the degraded low-quality input
+    ("seed", pa.int64()),                # seed of every random draw of this degradation
+    ("degradation_params", pa.string()), # JSON of every sampled value (dspo_core.degradation.DegradationParams)
+])
+"""`lq_pairs`: one row per degraded crop; `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""

@@ -1,0 +1,96 @@
+"""Pipeline configuration: one typed section per stage, loaded from a YAML profile in
+`configs/` with dotted overrides (`degrade.seed=3`). Pydantic, so Prefect renders it as a form."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dspo_core.degradation import DegradationConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile or override is missing or invalid; the message names it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(Section):
+    """How source images become `hr_images`."""
+
+    source: str = Field("demo:", description="Folder, s3:// prefix, Parquet/HF dataset folder, or 'demo:' "
+                                             "(photos shipped in installed packages).")
+    max_pixels: int = Field(64_000_000, description="Larger images are quarantined as decompression bombs.")
+    min_side: int = Field(64, description="Images with a shorter side are quarantined (too small to crop).")
+    split_fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
+        description="Split shares; an image's split follows from its content hash, so it never changes.")
+    shard_size: int = Field(16, description="Images per shard (the unit of crash recovery).")
+
+
+class DegradeConfig(Section):
+    """How `hr_images` become (HR crop, LQ) pairs in `lq_pairs`."""
+
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig,
+                                           description="Real-ESRGAN second-order degradation options.")
+    seed: int = Field(0, description="Base seed; each crop's seed derives from it and the image id.")
+    crops_per_image: int = Field(1, ge=1, description="Independent crops + degradations per HR image.")
+    splits: list[str] = Field(default_factory=lambda: ["train", "val", "test"],
+                              description="Which hr_images splits to degrade.")
+    shard_size: int = Field(16, description="HR images per shard.")
+
+
+class PipelineConfig(Section):
+    """Every stage's configuration (one profile)."""
+
+    profile: str = Field("demo", description="Name of the profile this came from.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    degrade: DegradeConfig = Field(default_factory=DegradeConfig)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'degrade.seed=3' -> ('degrade.seed', 3); values are YAML (numbers, lists, true/false)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
+    """Load `configs/<profile>.yaml` (or a YAML path) and apply overrides."""
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no profile {profile!r} (looked for {path.name}; known: {', '.join(known)})")
+    tree = yaml.safe_load(path.read_text()) or {}
+    tree.setdefault("profile", path.stem)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"profile {path.stem!r}: {problems}") from None
+
+
+def default_store_uri() -> str:
+    """$DSPO_STORE, else a local store in `.dspo/store` under the current directory."""
+    return os.environ.get("DSPO_STORE") or (Path.cwd() / ".dspo" / "store").as_uri()

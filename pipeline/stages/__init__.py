@@ -1,0 +1,10 @@
+"""The stage registry: an explicit dict from stage name to stage object, in pipeline order."""
+from __future__ import annotations
+
+from pipeline.stage import Stage
+from pipeline.stages.degrade import DegradeStage
+from pipeline.stages.ingest import IngestStage
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage for stage in (IngestStage(), DegradeStage())
+}
