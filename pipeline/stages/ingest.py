@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Iterator
 
 import pyarrow as pa
@@ -12,6 +13,8 @@ from pipeline.decode import BadImageError, decode_rgb
 from pipeline.sources import list_source
 from pipeline.stage import Shard, ShardOutput, Stage
 from storage import DatasetStore, image_cell
+
+log = logging.getLogger("dspo.stage")
 
 
 def split_of(image_id: str, fractions: dict[str, float]) -> str:
@@ -76,7 +79,10 @@ class IngestStage(Stage):
         for table in tables:
             keep = []
             for index, image_id in enumerate(table.column("image_id").to_pylist()):
-                if image_id not in seen:
-                    seen.add(image_id)
-                    keep.append(index)
-            yield table.take(keep)
+                if image_id in seen:
+                    log.info("ingest: %s repeats the content of an earlier file; stored once",
+                             table.column("source")[index].as_py())
+                    continue
+                seen.add(image_id)
+                keep.append(index)
+            yield table.take(pa.array(keep, type=pa.int64()))

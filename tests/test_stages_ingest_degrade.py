@@ -1,0 +1,149 @@
+"""Stages ingest and degrade on real files: bad inputs, conversions, cache, resume after a kill."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from dspo_core.degradation import replay
+from pipeline.config import load_config
+from pipeline.stage import run_stage
+from pipeline.stages import STAGES
+from storage import DatasetStore, decode_image
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def save(path: pathlib.Path, image: Image.Image, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> pathlib.Path:
+    """Good photos in every awkward encoding, plus bad files; returns the folder."""
+    folder = tmp_path / "src"
+    photo = Image.fromarray(skdata.astronaut()).resize((160, 128))
+    cat = Image.fromarray(skdata.chelsea()).resize((150, 100))
+    save(folder / "rgb.png", photo)
+    save(folder / "dup-of-rgb.png", photo)
+    save(folder / "cmyk.jpg", cat.convert("CMYK"), quality=95)
+    sixteen = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
+    save(folder / "gray16.png", Image.fromarray(sixteen))
+    save(folder / "palette.png", cat.quantize(64))
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    save(folder / "alpha.png", rgba)
+    save(folder / "gray.png", cat.convert("L"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    save(folder / "rotated.jpg", Image.fromarray(skdata.coffee()).resize((200, 120)), exif=exif, quality=95)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    (folder / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    save(folder / "sub" / "bomb.png", Image.new("L", (3000, 3000)))
+    return folder
+
+
+def test_ingest_mixed_folder(mixed_folder, tmp_path):
+    store = DatasetStore(str(tmp_path / "store"))
+    config = load_config("test", {"ingest.source": str(mixed_folder), "ingest.max_pixels": 4_000_000,
+                                  "ingest.shard_size": 3})
+    before = {p: p.read_bytes() for p in mixed_folder.rglob("*") if p.is_file()}
+    result = run_stage(STAGES["ingest"], store, config)
+    rows = {row["source"]: row for row in store.read_arrow(result.ref).to_pylist()}
+    # The same bytes twice are stored once, under the first name in sorted order.
+    assert set(rows) == {"dup-of-rgb.png", "cmyk.jpg", "gray16.png", "palette.png", "alpha.png", "gray.png",
+                         "rotated.jpg"}
+    reasons = {item["item"]: item["reason"] for item in store.manifest(result.ref)["metadata"]["quarantine"]}
+    assert set(reasons) == {"empty.png", "text.jpg", "truncated.png", "sub/bomb.png"}
+    assert "zero-byte" in reasons["empty.png"] and "not an image" in reasons["text.jpg"]
+    assert "truncated" in reasons["truncated.png"] and "pixel limit" in reasons["sub/bomb.png"]
+    for row in rows.values():
+        image = decode_image(row["image"])
+        assert image.mode == "RGB" and (image.width, image.height) == (row["width"], row["height"])
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (120, 200)
+    assert "EXIF orientation 6" in rows["rotated.jpg"]["notes"]
+    assert "CMYK" in rows["cmyk.jpg"]["notes"] and "I;16" in rows["gray16.png"]["notes"]
+    assert "alpha" in rows["alpha.png"]["notes"] and "palette" in rows["palette.png"]["notes"]
+    gray = np.asarray(decode_image(rows["gray16.png"]["image"]))
+    np.testing.assert_allclose(gray[..., 0], np.asarray(Image.fromarray(skdata.astronaut()).resize((160, 128))
+                                                        .convert("L")), atol=1)
+    assert {row["split"] for row in rows.values()} <= {"train", "val", "test"}
+    assert {p: p.read_bytes() for p in mixed_folder.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+def test_cache_hit_and_override_make_new_version(tmp_path):
+    store = DatasetStore(str(tmp_path / "store"))
+    config = load_config("test")
+    first = run_stage(STAGES["ingest"], store, config)
+    again = run_stage(STAGES["ingest"], store, config)
+    assert (first.cache_hit, again.cache_hit, again.ref) == (False, True, first.ref)
+    lq = run_stage(STAGES["degrade"], store, config)
+    assert run_stage(STAGES["degrade"], store, config).cache_hit
+    changed = run_stage(STAGES["degrade"], store, load_config("test", ["degrade.seed=5"]))
+    assert (changed.cache_hit, changed.ref) == (False, "lq_pairs@v2")
+    forced = run_stage(STAGES["degrade"], store, config, force=True)
+    assert forced.ref == "lq_pairs@v3" and not forced.cache_hit
+    assert store.manifest(lq.ref)["inputs"] == [first.ref]
+    assert store.read_arrow(forced.ref).column("lq").equals(store.read_arrow(lq.ref).column("lq"))
+
+
+def test_degrade_rows_replay_exactly(tmp_path):
+    store = DatasetStore(str(tmp_path / "store"))
+    config = load_config("test", ["degrade.crops_per_image=2"])
+    run_stage(STAGES["ingest"], store, config)
+    result = run_stage(STAGES["degrade"], store, config)
+    hr_by_id = {row["image_id"]: np.asarray(decode_image(row["image"]))
+                for row in store.read_arrow("hr_images@latest").to_pylist()}
+    rows = store.read_arrow(result.ref).to_pylist()
+    assert len(rows) == 2 * len(hr_by_id) and len({row["sample_id"] for row in rows}) == len(rows)
+    for row in rows[:4]:
+        hr_crop, lq = replay(row, hr_by_id[row["image_id"]])
+        np.testing.assert_array_equal(lq, np.asarray(decode_image(row["lq"])))
+        np.testing.assert_array_equal(hr_crop, np.asarray(decode_image(row["hr"])))
+        assert lq.shape[0] * row["scale"] == row["crop_height"] == 128
+        assert json.loads(row["degradation_params"])["seed"] == row["seed"]
+
+
+def test_killed_stage_redoes_only_missing_shards(tmp_path):
+    store_path = tmp_path / "store"
+    store = DatasetStore(str(store_path))
+    config = load_config("test", ["ingest.shard_size=2"])
+    run_stage(STAGES["ingest"], store, config)
+    script = (
+        "import sys, time\n"
+        "from storage import DatasetStore\n"
+        "from pipeline.config import load_config\n"
+        "from pipeline.stage import StageJob\n"
+        "from pipeline.stages import STAGES\n"
+        "job = StageJob(STAGES['degrade'], DatasetStore(sys.argv[1]), load_config('test', ['degrade.shard_size=2']))\n"
+        "for shard in job.pending_shards()[:3]:\n"
+        "    job.run_shard(shard)\n"
+        "print('three shards staged', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script, str(store_path)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)))
+    assert worker.stdout.readline().strip() == "three shards staged"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    assert store.versions("lq_pairs") == []
+
+    resumed = run_stage(STAGES["degrade"], store, load_config("test", ["degrade.shard_size=2"]))
+    assert resumed.shards_computed == resumed.shards_total - 3
+    uninterrupted = run_stage(STAGES["degrade"], store,
+                              load_config("test", ["degrade.shard_size=2"]), force=True)
+    assert store.read_arrow(resumed.ref).equals(store.read_arrow(uninterrupted.ref))
