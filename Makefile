@@ -31,7 +31,8 @@ system-deps:
 	@bash .ci/system-deps.sh
 
 run: $(STAMP)
-	$(VENV)/bin/dspo demo
+	$(VENV)/bin/dspo run --profile demo
+	$(VENV)/bin/dspo datasets ls
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
