@@ -76,7 +76,9 @@ class DatasetStore:
         pinned_inputs = [self.resolve(ref) for ref in inputs]
         self.check_conditional_writes()
         txn = uuid.uuid4().hex
-        guess = self.latest_version(name) + 1
+        # The hint may lag; a taken slot just moves the commit loop on, so no look-ahead here.
+        hint, hint_token = self._latest_hint(name)
+        guess = hint + 1
         writer = PartWriter(self.backend, f"{name}/v={guess:04d}", txn, name,
                             row_group_rows=row_group_rows, max_part_bytes=self.max_part_bytes)
         files = writer.write(as_batches(data), schema=schema)
@@ -94,7 +96,7 @@ class DatasetStore:
                 break
             version += 1
         self._manifests[(name, version)] = manifest
-        self._advance_latest(name, version)
+        self._advance_latest(name, version, (hint, hint_token))
         ref = format_ref(name, version)
         log.info("published %s: %d rows in %d files (%d bytes)", ref, manifest["rows"], len(files), manifest["bytes"])
         return ref
@@ -117,14 +119,18 @@ class DatasetStore:
             )
         self._conditional_writes_checked = True
 
-    def _advance_latest(self, name: str, version: int) -> None:
-        key = f"{name}/_latest"
-        while True:
-            current = self.backend.get(key)
-            if current is not None and int(current[0]) >= version:
+    def _latest_hint(self, name: str) -> tuple[int, str | None]:
+        """(version in `_latest`, its token); (0, None) if there is none yet."""
+        found = self.backend.get(f"{name}/_latest")
+        return (int(found[0]), found[1]) if found else (0, None)
+
+    def _advance_latest(self, name: str, version: int, seen: tuple[int, str | None]) -> None:
+        """Move `_latest` up to `version` by compare-and-swap, starting from the state `seen`."""
+        current, token = seen
+        while current < version:
+            if self.backend.swap(f"{name}/_latest", str(version).encode(), token):
                 return
-            if self.backend.swap(key, str(version).encode(), current[1] if current else None):
-                return
+            current, token = self._latest_hint(name)
 
     def tag(self, ref: str, tag: str, *, force: bool = False) -> str:
         """Name a version: `tag("preferences@v3", "paper-repro")`; returns the pinned ref.
@@ -167,8 +173,7 @@ class DatasetStore:
 
     def latest_version(self, name: str) -> int:
         """Newest version number of `name`, 0 if none. Follows the `_latest` hint, then checks past it."""
-        hint = self.backend.get(f"{name}/_latest")
-        version = int(hint[0]) if hint else 0
+        version = self._latest_hint(name)[0]
         while self.backend.get(manifest_key(name, version + 1)) is not None:
             version += 1
         return version
@@ -257,7 +262,7 @@ class DatasetStore:
         manifest = self.manifest(ref)
         table = retry.call(
             lambda: self._dataset(manifest).to_table(columns=columns, filter=self._expression(filter)),
-            what=f"read {self.resolve(ref)}",
+            what=f"read {format_ref(manifest['name'], manifest['version'])}",
         )
         if columns is not None and image_columns(table.schema):
             table = table.replace_schema_metadata(image_features(table.schema, image_columns(table.schema)).metadata)
@@ -269,12 +274,13 @@ class DatasetStore:
 
     def iter_batches(self, ref: str, batch_size: int = 1024, columns: list[str] | None = None,
                      filter=None) -> Iterator[pa.RecordBatch]:
-        """Stream a version batch by batch; memory stays bounded by a few row groups."""
+        """Stream a version batch by batch. One row group is read at a time (the dataset
+        scanner would pre-buffer whole files), so memory stays bounded by a row group."""
         manifest = self.manifest(ref)
-        yield from self._dataset(manifest).to_batches(
-            columns=columns, filter=self._expression(filter), batch_size=batch_size,
-            batch_readahead=1, fragment_readahead=1,
-        )
+        expression = self._expression(filter)
+        for fragment in self._dataset(manifest).get_fragments():
+            for row_group in fragment.split_by_row_group():
+                yield from row_group.to_batches(columns=columns, filter=expression, batch_size=batch_size)
 
     def to_hf_dataset(self, ref: str, columns: list[str] | None = None, cache_dir: str | None = None):
         """A Hugging Face `datasets.Dataset` of a version; image columns decode to PIL images.

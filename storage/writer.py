@@ -1,7 +1,9 @@
 """Writes a stream of record batches as immutable Parquet part files.
 
-Each part is built in memory (bounded by `max_part_bytes`), hashed, then uploaded in one
-request, so a part is either wholly written or absent and its checksum costs no re-read.
+Parts stream to their file as row groups are encoded, hashed on the way, so a checksum
+costs no second pass. On backends that buffer parts (S3) a part is built in memory
+(bounded by `max_part_bytes`) and uploaded in one retryable request. A part cut short by
+a crash is harmless: only files a manifest lists are ever read, and `gc` removes orphans.
 Image byte columns are stored uncompressed (PNG does not compress further) and without
 dictionary encoding; every other leaf column is zstd-compressed.
 """
@@ -79,7 +81,7 @@ class PartWriter:
         """Write every batch; returns [{path, rows, bytes, sha256}] with paths relative to the dataset."""
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
-        writer = sink = None
+        part = None
         for batch in batches:
             if self.schema is None:
                 self._start(batch.schema)
@@ -93,15 +95,15 @@ class PartWriter:
             while pending_rows >= self.row_group_rows:
                 table = pa.Table.from_batches(pending, schema=self.schema)
                 head, rest = table.slice(0, self.row_group_rows), table.slice(self.row_group_rows)
-                writer, sink = self._write_group(writer, sink, head)
+                part = self._write_group(part, head)
                 pending, pending_rows = rest.to_batches(), rest.num_rows
         if self.schema is None:
             if schema is None:
                 raise StoreError(f"publish of {self.dataset!r} got no rows and no schema; pass schema= to publish an empty dataset")
             self._start(schema)
-        if pending_rows or (writer is None and not self.files):
-            writer, sink = self._write_group(writer, sink, pa.Table.from_batches(pending, schema=self.schema))
-        self._finish_part(writer, sink)
+        if pending_rows or (part is None and not self.files):
+            part = self._write_group(part, pa.Table.from_batches(pending, schema=self.schema))
+        self._finish_part(part)
         return self.files
 
     def _start(self, schema: pa.Schema) -> None:
@@ -114,31 +116,68 @@ class PartWriter:
         self._compression = {path: ("NONE" if path in raw_paths else "ZSTD") for path in leaves}
         self._dictionary = [path for path in leaves if path not in raw_paths]
 
-    def _open_part(self):
-        sink = pa.BufferOutputStream()
+    def _open_part(self) -> "_Part":
+        key = f"{self.folder}/part-{len(self.files):05d}-{self.txn}.parquet"
+        target = (pa.BufferOutputStream() if self.backend.buffers_parts
+                  else self.backend.arrow_fs.open_output_stream(self.backend.data_path(key)))
+        sink = _HashingSink(target)
         writer = pq.ParquetWriter(sink, self.schema, compression=self._compression, use_dictionary=self._dictionary)
-        return writer, sink
+        return _Part(key, writer, sink)
 
-    def _write_group(self, writer, sink, table: pa.Table):
-        if writer is None:
-            writer, sink = self._open_part()
-        writer.write_table(table, row_group_size=self.row_group_rows)
-        if sink.tell() >= self.max_part_bytes:
-            self._finish_part(writer, sink)
-            writer = sink = None
-        return writer, sink
+    def _write_group(self, part: "_Part | None", table: pa.Table) -> "_Part | None":
+        if part is None:
+            part = self._open_part()
+        part.writer.write_table(table, row_group_size=self.row_group_rows)
+        part.rows += table.num_rows
+        if part.sink.size >= self.max_part_bytes:
+            self._finish_part(part)
+            return None
+        return part
 
-    def _finish_part(self, writer, sink) -> None:
-        if writer is None:
+    def _finish_part(self, part: "_Part | None") -> None:
+        if part is None:
             return
-        writer.close()
-        buffer = sink.getvalue()
-        name = f"part-{len(self.files):05d}-{self.txn}.parquet"
-        self.backend.write_file(f"{self.folder}/{name}", buffer)
-        rows = pq.ParquetFile(pa.BufferReader(buffer)).metadata.num_rows
+        part.writer.close()
+        if self.backend.buffers_parts:
+            self.backend.write_file(part.key, part.sink.target.getvalue())
+        else:
+            part.sink.target.close()
         self.files.append({
-            "path": f"{self.folder.split('/', 1)[1]}/{name}",
-            "rows": rows,
-            "bytes": buffer.size,
-            "sha256": hashlib.sha256(buffer).hexdigest(),
+            "path": part.key.split("/", 1)[1],
+            "rows": part.rows,
+            "bytes": part.sink.size,
+            "sha256": part.sink.sha256.hexdigest(),
         })
+
+
+class _HashingSink:
+    """A write-only file for ParquetWriter that forwards bytes to `target` while keeping a
+    running sha256 and size, so a part's checksum costs no second pass over its bytes."""
+
+    def __init__(self, target):
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.target.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Part:
+    """The part file being written: its key, Parquet writer, sink and row count."""
+
+    def __init__(self, key: str, writer: pq.ParquetWriter, sink: _HashingSink):
+        self.key, self.writer, self.sink, self.rows = key, writer, sink, 0

@@ -242,3 +242,17 @@ def test_two_store_objects_share_state(store, location):
     other.publish("shared", make_table(2))
     assert store.resolve("shared@latest") == "shared@v2"
     assert other.read_arrow("shared@v1").num_rows == 1
+
+
+def test_scratch_tables_are_invisible_and_survive_gc(store):
+    scratch = store.scratch("job-abc")
+    assert scratch.get("shard-00000") is None
+    scratch.put("shard-00001", make_table(3))
+    scratch.put("shard-00000", make_table(2))
+    assert scratch.names() == ["shard-00000", "shard-00001"]
+    assert scratch.get("shard-00001").equals(make_table(3))
+    assert store.datasets() == []
+    assert store.gc(older_than=0) == []  # scratch has its own, longer threshold
+    assert scratch.names() == ["shard-00000", "shard-00001"]
+    scratch.clear()
+    assert scratch.names() == []

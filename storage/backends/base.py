@@ -30,6 +30,9 @@ class Backend(abc.ABC):
     uri: str
     #: pyarrow filesystem for data files.
     arrow_fs: pafs.FileSystem
+    #: True: parts are built in memory and written with one `write_file` call (retryable as a
+    #: whole); False: parts stream straight to `arrow_fs`.
+    buffers_parts: bool = False
 
     @abc.abstractmethod
     def data_path(self, key: str) -> str:

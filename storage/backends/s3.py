@@ -34,6 +34,10 @@ class S3Backend(Backend):
         max_attempts:  attempts per request inside each client for transient errors.
     """
 
+    # One PUT per part, retried whole: pyarrow's streaming multipart upload does not retry
+    # every transient failure, and a half-sent stream cannot be replayed.
+    buffers_parts = True
+
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, key: str | None = None, secret: str | None = None,
                  token: str | None = None, max_attempts: int = 5):
