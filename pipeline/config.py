@@ -2,7 +2,6 @@
 `configs/` with dotted overrides (`degrade.seed=3`). Pydantic, so Prefect renders it as a form."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +88,3 @@ def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | N
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"profile {path.stem!r}: {problems}") from None
-
-
-def default_store_uri() -> str:
-    """$DSPO_STORE, else a local store in `.dspo/store` under the current directory."""
-    return os.environ.get("DSPO_STORE") or (Path.cwd() / ".dspo" / "store").as_uri()

@@ -81,7 +81,7 @@ def permanent_error(exc: BaseException, what: str) -> StoreError | None:
     return None
 
 
-def call(fn: Callable[[], T], *, what: str, attempts: int = 6, base_delay: float = 0.1, max_delay: float = 4.0) -> T:
+def call(fn: Callable[[], T], *, what: str, attempts: int = 4, base_delay: float = 0.1, max_delay: float = 4.0) -> T:
     """Run `fn`, retrying transient errors up to `attempts` times in all.
 
     `what` names the operation and object (never credentials); it prefixes every message.

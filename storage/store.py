@@ -122,7 +122,14 @@ class DatasetStore:
     def _latest_hint(self, name: str) -> tuple[int, str | None]:
         """(version in `_latest`, its token); (0, None) if there is none yet."""
         found = self.backend.get(f"{name}/_latest")
-        return (int(found[0]), found[1]) if found else (0, None)
+        if found is None:
+            return 0, None
+        try:
+            return int(found[0]), found[1]
+        except ValueError:
+            # Only a hint: readers look past it, and the next publish rewrites it.
+            log.warning("%s/_latest in %s is unreadable; ignoring the hint", name, self.uri)
+            return 0, found[1]
 
     def _advance_latest(self, name: str, version: int, seen: tuple[int, str | None]) -> None:
         """Move `_latest` up to `version` by compare-and-swap, starting from the state `seen`."""
@@ -202,6 +209,8 @@ class DatasetStore:
             return format_ref(parsed.name, version)
         current = self.backend.get(f"{parsed.name}/_tags/{parsed.selector}")
         if current is None:
+            if not self.versions(parsed.name):
+                raise DatasetNotFoundError(f"dataset {parsed.name!r} has no published version in {self.uri}")
             known = sorted(self.tags(parsed.name))
             raise TagNotFoundError(f"no tag {parsed.selector!r} for dataset {parsed.name!r} in {self.uri} "
                                    f"(tags: {', '.join(known) or 'none'})")

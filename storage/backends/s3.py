@@ -31,7 +31,8 @@ class S3Backend(Backend):
                        $AWS_ENDPOINT_URL, else AWS itself.
         region:        region name; default: $AWS_REGION, $AWS_DEFAULT_REGION, else "us-east-1".
         key, secret, token: explicit credentials; default: the AWS credential chain.
-        max_attempts:  attempts per request inside each client for transient errors.
+        max_attempts:  attempts per request inside each client for transient errors (default:
+                       $AWS_MAX_ATTEMPTS, else 3); the store retries whole operations on top.
     """
 
     # One PUT per part, retried whole: pyarrow's streaming multipart upload does not retry
@@ -40,10 +41,11 @@ class S3Backend(Backend):
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, key: str | None = None, secret: str | None = None,
-                 token: str | None = None, max_attempts: int = 5):
+                 token: str | None = None, max_attempts: int | None = None):
         import boto3
         from botocore.config import Config
 
+        max_attempts = max_attempts or int(os.environ.get("AWS_MAX_ATTEMPTS") or 3)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url or endpoint_from_env()

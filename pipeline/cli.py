@@ -1,2 +1,0 @@
-import typer
-app = typer.Typer()
