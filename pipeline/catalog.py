@@ -35,3 +35,20 @@ LQ_PAIRS = pa.schema([
     ("degradation_params", pa.string()), # JSON of every sampled value (dspo_core.degradation.DegradationParams)
 ])
 """`lq_pairs`: one row per degraded crop; `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""
+
+RLE_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
+
+INSTANCES = pa.schema([
+    ("instance_id", pa.string()),        # hash of (sample_id, index)
+    ("sample_id", pa.string()),          # the lq_pairs row; masks apply to every candidate of that sample
+    ("index", pa.int32()),               # position among the sample's instances (priority order)
+    ("mask", RLE_TYPE),                  # COCO RLE (pycocotools-compatible compressed counts), at HR resolution
+    ("bbox", pa.list_(pa.int32())),      # [x, y, w, h] in pixels
+    ("area", pa.int64()),                # |s_m|, pixels
+    ("weight", pa.float64()),            # w_m = |s_m| / sum of the sample's areas (sums to 1 per sample)
+    ("predicted_iou", pa.float64()),     # SAM's quality estimate; null for felzenszwalb / remainder
+    ("stability_score", pa.float64()),   # SAM's stability; null for felzenszwalb / remainder
+    ("source", pa.string()),             # sam | felzenszwalb | remainder
+    ("anchor", pa.string()),             # the image segmented: hr | lq_bicubic
+])
+"""`instances`: one row per instance mask; the segmenter and all its parameters are in the manifest."""

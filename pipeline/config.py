@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspo_core.degradation import DegradationConfig
+from dspo_core.segment import SegmenterConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -46,12 +47,27 @@ class DegradeConfig(Section):
     shard_size: int = Field(16, description="HR images per shard.")
 
 
+class SegmentConfig(Section):
+    """How instances are found on each sample's anchor image (`instances`)."""
+
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig,
+                                       description="SAM (or felzenszwalb) and the post-filter.")
+    anchor: Literal["hr", "lq_bicubic"] = Field(
+        "hr", description="Image SAM runs on, once per sample; its masks serve all N pixel-aligned candidates: "
+                          "'hr' (the ground-truth crop) or 'lq_bicubic' (the LQ upscaled, when no HR is trusted).")
+    fallback: Literal["felzenszwalb", "none"] = Field(
+        "felzenszwalb", description="When SAM is configured but its checkpoint is missing: use felzenszwalb "
+                                    "superpixels (named in logs and the manifest), or fail.")
+    shard_size: int = Field(16, description="Samples per shard.")
+
+
 class PipelineConfig(Section):
     """Every stage's configuration (one profile)."""
 
     profile: str = Field("demo", description="Name of the profile this came from.")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     degrade: DegradeConfig = Field(default_factory=DegradeConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

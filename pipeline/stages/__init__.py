@@ -4,7 +4,8 @@ from __future__ import annotations
 from pipeline.stage import Stage
 from pipeline.stages.degrade import DegradeStage
 from pipeline.stages.ingest import IngestStage
+from pipeline.stages.segment import SegmentStage
 
 STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (IngestStage(), DegradeStage())
+    stage.name: stage for stage in (IngestStage(), DegradeStage(), SegmentStage())
 }
