@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from storage import ConditionalWriteUnsupportedError, DatasetStore, image_array
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from storage import (
+    ConditionalWriteUnsupportedError, DatasetStore, StoragePermissionError, StorageUnavailableError, image_array,
+    retry,
+)
 from store_params import s3_options
 from support.fault_proxy import FaultProxy
 
@@ -48,13 +54,42 @@ def test_store_ignoring_conditional_writes_is_refused(s3_server, s3_bucket):
     assert DatasetStore(f"s3://{s3_bucket}/lax", s3_options(s3_server)).versions("anything") == []
 
 
-def test_permanent_errors_fail_at_once(s3_server):
+def test_missing_bucket_fails_at_once(s3_server):
     store = DatasetStore("s3://no-such-bucket-here/x", s3_options(s3_server))
-    with pytest.raises(Exception, match="bucket does not exist"):
+    started = time.perf_counter()
+    with pytest.raises(StorageUnavailableError, match="bucket does not exist"):
         store.publish("t", table_for(0))
-    denied = DatasetStore("s3://whatever/x", {**s3_options(s3_server), "endpoint_url": s3_server.endpoint_url,
-                                              "key": "AKIAFORBIDDEN", "secret": "wrong"})
-    assert denied.uri == "s3://whatever/x"
+    assert time.perf_counter() - started < 5
+
+
+def client_error(status: int, code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+def test_retry_classification():
+    calls = []
+
+    def denied():
+        calls.append(1)
+        raise client_error(403, "AccessDenied")
+
+    with pytest.raises(StoragePermissionError, match="write x: access denied"):
+        retry.call(denied, what="write x")
+    assert len(calls) == 1
+
+    outcomes = [client_error(503, "SlowDown"), EndpointConnectionError(endpoint_url="http://x"), "done"]
+
+    def flaky():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert retry.call(flaky, what="read y", base_delay=0.001) == "done"
+    with pytest.raises(StorageUnavailableError, match="still failing after 2 attempts"):
+        retry.call(lambda: (_ for _ in ()).throw(client_error(500, "InternalError")), what="z", attempts=2,
+                   base_delay=0.001)
 
 
 def test_load_dataset_on_manifest_files_over_s3(s3_server, s3_bucket):
