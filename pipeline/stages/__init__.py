@@ -9,3 +9,6 @@ from pipeline.stages.segment import SegmentStage
 STAGES: dict[str, Stage] = {
     stage.name: stage for stage in (IngestStage(), DegradeStage(), SegmentStage())
 }
+
+#: The whole DAG in order (ARCHITECTURE.md); `dspo run` names the stages not yet in STAGES.
+PIPELINE_ORDER = ("ingest", "degrade", "sample", "segment", "score", "rank", "caption", "train", "evaluate")
