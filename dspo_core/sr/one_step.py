@@ -1,0 +1,258 @@
+"""One-step latent-diffusion SR (OSEDiff-style) on a Stable Diffusion 2 pipeline folder.
+
+Sampling one LQ image:
+
+1. upscale the LQ x4 (bicubic) and pad it to the model's grid (see ``pad_multiple``);
+2. VAE-encode it: ``z_lq``;
+3. x_T = z_lq + noise_strength * eps, eps drawn from the candidate's seed (GDPO-SR's
+   noise injection; 0 gives OSEDiff's deterministic output);
+4. one UNet prediction at t = ``timestep`` (999), with ``z_lq`` concatenated on the
+   channels when the UNet takes 2x latent channels (the tiny model); a 4-channel UNet
+   (SD-2.1-base, OSEDiff) sees the LQ only through x_T;
+5. x0 in closed form from the eps or v prediction, VAE-decode, crop the padding off.
+
+``tiny-sd`` is this same class on a random-init folder made by ``tiny.build_tiny_sd``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .base import CandidateSettings, UnsupportedSettingsError
+from .bicubic import bicubic_upscale
+from .diffusion import (
+    DTYPES,
+    LORA_WEIGHT_NAME,
+    DiffusionSRBackbone,
+    LoraSettings,
+    images_to_tensor,
+    pad_to_multiple,
+    tensor_to_images,
+)
+from .tiny import build_tiny_sd
+from .weights import folder_digest, resolve_pretrained, sha256_file, weights_id
+
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
+
+
+class OneStepSDConfig(BaseModel):
+    """Options of the one-step SD backbone; the candidate-setting defaults are the ``default_*`` fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_id: str = Field(
+        SD21_BASE, description="Hugging Face model id, looked up in the HF cache when `path` is None."
+    )
+    path: str | None = Field(
+        None,
+        description="Local diffusers pipeline folder; overrides the cache. s3:// is fetched by the pipeline layer.",
+    )
+    cache_dir: str | None = Field(None, description="Hugging Face hub cache to search; None = HF's default.")
+    lora_path: str | None = Field(
+        None,
+        description="Folder with a diffusers-format UNet LoRA (pytorch_lora_weights.safetensors) fused into the base "
+        "weights at load, e.g. a one-step SR LoRA; the trainable DSPO adapter goes on top of it.",
+    )
+    timestep: int = Field(999, ge=0, description="The single timestep the model denoises at (OSEDiff: 999).")
+    default_noise_strength: float = Field(
+        0.1, ge=0, description="noise_strength of candidates that leave it unset; 0 = the deterministic base output."
+    )
+    default_guidance_scale: float = Field(1.0, ge=0, description="guidance_scale when unset; <= 1 disables guidance.")
+    default_prompt: str = Field("", description="prompt when unset.")
+    default_negative_prompt: str = Field("", description="negative_prompt when unset (used only with guidance).")
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="The trainable adapter (rank, alpha, modules)."
+    )
+    batch_size: int = Field(4, ge=1, description="Images per forward pass in sample().")
+    device: str = Field("cpu", description="torch device of every part, e.g. cpu or cuda:0.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights and activations dtype.")
+
+
+class OneStepSDBackbone(DiffusionSRBackbone):
+    """One-step SR on an SD-2 pipeline folder (real SD-2.1-base by default, offline only).
+
+    Candidates differ by seed and noise_strength (and optionally prompt and guidance);
+    ``steps`` is accepted only as 1.
+
+    Args:
+        config: a ``OneStepSDConfig``.
+
+    Raises:
+        MissingWeightsError: the weights are neither at ``config.path`` nor in the HF cache.
+    """
+
+    name = "one-step-sd"
+    Config = OneStepSDConfig
+    supported_settings = frozenset({"steps", "guidance_scale", "noise_strength", "prompt", "negative_prompt"})
+
+    def __init__(self, config: OneStepSDConfig | None = None):
+        super().__init__(config or self.Config())
+        self._base_id: str | None = None
+        self.folder = self._locate()
+        self.device = torch.device(self.config.device)
+        self.dtype = DTYPES[self.config.dtype]
+        folder = self.folder
+        # dtype at load time: diffusers keeps the modules a model marks as float32-only.
+        load = {"local_files_only": True, "dtype": self.dtype}
+        self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **load).to(self.device)
+        self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **load).to(self.device)
+        self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **load).to(self.device)
+        self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+        self.scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+        self._check_model()
+        if self.config.lora_path is not None:
+            self._fuse_base_lora(self.config.lora_path)
+        self._freeze()
+
+    def _locate(self) -> str:
+        return resolve_pretrained(self.config.model_id, self.config.path, self.config.cache_dir)
+
+    def _check_model(self) -> None:
+        latent = self.vae.config.latent_channels
+        if self.unet.config.in_channels not in (latent, 2 * latent):
+            raise ValueError(
+                f"{self.folder}: UNet in_channels {self.unet.config.in_channels} is neither the latent channels "
+                f"({latent}) nor latent + LQ latent ({2 * latent})"
+            )
+        if self.config.timestep >= self.num_train_timesteps:
+            raise ValueError(f"timestep {self.config.timestep} is outside the schedule [0, {self.num_train_timesteps})")
+
+    def _fuse_base_lora(self, directory: str) -> None:
+        # Merged into the base weights, so the DSPO reference (adapter disabled) includes it.
+        self.unet.load_lora_adapter(directory, weight_name=LORA_WEIGHT_NAME, prefix=None, adapter_name="base")
+        self.unet.fuse_lora(adapter_names=["base"])
+        self.unet.unload_lora()
+
+    @property
+    def concat_lq(self) -> bool:
+        """Whether the UNet takes the LQ latent concatenated to x_t (in_channels = 2x latent channels)."""
+        return self.unet.config.in_channels == 2 * self.vae.config.latent_channels
+
+    @property
+    def pad_multiple(self) -> int:
+        """HR sides are padded to multiples of this: VAE factor x the UNet's downsampling (64 for SD-2)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def _base_label(self) -> str:
+        return self.folder
+
+    @property
+    def base_weights_id(self) -> str:
+        """``<folder>@sha256:<12 hex>`` over the folder's files, ``+<lora_path>@sha256:...`` for a fused LoRA."""
+        if self._base_id is None:
+            self._base_id = weights_id(self._base_label(), folder_digest(self.folder))
+            if self.config.lora_path is not None:
+                lora_file = os.path.join(self.config.lora_path, LORA_WEIGHT_NAME)
+                self._base_id += "+" + weights_id(self.config.lora_path, sha256_file(lora_file))
+        return self._base_id
+
+    def setting_defaults(self) -> dict[str, Any]:
+        return {
+            "steps": 1,
+            "guidance_scale": self.config.default_guidance_scale,
+            "noise_strength": self.config.default_noise_strength,
+            "prompt": self.config.default_prompt,
+            "negative_prompt": self.config.default_negative_prompt,
+        }
+
+    def check_settings(self, settings: CandidateSettings) -> None:
+        if settings.steps != 1:
+            raise UnsupportedSettingsError(f"backbone {self.name!r} is one-step: steps must be 1, got {settings.steps}")
+
+    def encode_lq(self, lq: Sequence[np.ndarray], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Same-size LQ images -> latents of their bicubic x4 upscales (4x sides must fit the VAE grid)."""
+        return self.encode(images_to_tensor([bicubic_upscale(image, self.scale) for image in lq]))
+
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        lq_latents: torch.Tensor,
+    ) -> torch.Tensor:
+        """The UNet's eps or v prediction; `lq_latents` is concatenated only when ``concat_lq``."""
+        sample = torch.cat([noisy_latents, lq_latents], dim=1) if self.concat_lq else noisy_latents
+        return self.unet(sample, timesteps, encoder_hidden_states=text_embeddings, return_dict=False)[0]
+
+    def _noise(self, shape: torch.Size, settings: list[CandidateSettings]) -> torch.Tensor:
+        # One CPU generator per candidate: its noise depends on its seed only, not on the
+        # batch it lands in or the device.
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(item.seed)) for item in settings]
+        strength = torch.tensor([item.noise_strength for item in settings]).view(-1, 1, 1, 1)
+        return (torch.stack(noise) * strength).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def _sample_batch(self, lq: list[np.ndarray], settings: list[CandidateSettings]) -> list[np.ndarray]:
+        height, width = lq[0].shape[0] * self.scale, lq[0].shape[1] * self.scale
+        upscaled = images_to_tensor([bicubic_upscale(image, self.scale) for image in lq])
+        lq_latents = self.encode(pad_to_multiple(upscaled, self.pad_multiple))
+        noisy = lq_latents + self._noise(lq_latents.shape[1:], settings)
+        timesteps = torch.full((len(lq),), self.config.timestep, dtype=torch.long, device=self.device)
+        output = self.predict(noisy, timesteps, self.encode_text([item.prompt for item in settings]), lq_latents)
+        guidance = torch.tensor([item.guidance_scale for item in settings], device=self.device, dtype=self.dtype)
+        if bool((guidance > 1).any()):
+            negative = self.encode_text([item.negative_prompt for item in settings])
+            unconditional = self.predict(noisy, timesteps, negative, lq_latents)
+            guided = unconditional + guidance.view(-1, 1, 1, 1) * (output - unconditional)
+            output = torch.where((guidance > 1).view(-1, 1, 1, 1), guided, output)
+        images = self.decode(self.predict_x0(noisy, output, timesteps))
+        return tensor_to_images(images[:, :, :height, :width])
+
+    def describe(self) -> dict[str, Any]:
+        """``SRBackbone.describe`` plus ``folder`` (where the weights were read), ``prediction_type``,
+        ``concat_lq`` and ``pad_multiple``."""
+        record = super().describe()
+        record.update(
+            folder=self.folder,
+            prediction_type=self.prediction_type,
+            concat_lq=self.concat_lq,
+            pad_multiple=self.pad_multiple,
+        )
+        return record
+
+
+class TinySDConfig(OneStepSDConfig):
+    """``OneStepSDConfig`` for a tiny random-init model: built in a temporary folder when `path` is None."""
+
+    model_id: str = Field("tiny-sd", description="Label only; the model is built, not looked up.")
+    build_seed: int = Field(0, ge=0, description="Seed of the random weights when the model is built here.")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="Scheduler prediction type of a model built here (a given `path` keeps its own)."
+    )
+
+
+class TinySDBackbone(OneStepSDBackbone):
+    """``one-step-sd`` on a tiny random-init SD model (``tiny.build_tiny_sd``), for tests and demos.
+
+    With ``config.path`` set it loads that folder; otherwise it builds the model from
+    ``build_seed`` into a temporary folder kept for the backbone's lifetime, and its
+    weights id is ``builtin:tiny-sd/seed=<s>/<prediction_type>@sha256:...``.
+
+    Args:
+        config: a ``TinySDConfig``.
+    """
+
+    name = "tiny-sd"
+    Config = TinySDConfig
+
+    def _locate(self) -> str:
+        if self.config.path is not None:
+            return resolve_pretrained(self.config.model_id, self.config.path)
+        self._scratch = tempfile.TemporaryDirectory(prefix="dspo-tiny-sd-")
+        return build_tiny_sd(
+            self._scratch.name, seed=self.config.build_seed, prediction_type=self.config.prediction_type
+        )
+
+    def _base_label(self) -> str:
+        if self.config.path is not None:
+            return self.folder
+        return f"builtin:tiny-sd/seed={self.config.build_seed}/{self.config.prediction_type}"
