@@ -36,6 +36,18 @@ LQ_PAIRS = pa.schema([
 ])
 """`lq_pairs`: one row per degraded crop; `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""
 
+SR_CANDIDATES = pa.schema([
+    ("candidate_id", pa.string()),       # hash of (sample_id, candidate_index)
+    ("sample_id", pa.string()),          # the lq_pairs row
+    ("candidate_index", pa.int32()),     # 0..N-1, in the order of the sample config's sources
+    ("backbone", pa.string()),           # name in dspo_core.sr.BACKBONES
+    ("weights_id", pa.string()),         # identity of the weights (path or builtin label + sha256 prefix)
+    ("seed", pa.int64()),                # the seed the candidate was drawn with
+    ("settings", pa.string()),           # JSON of the resolved CandidateSettings (steps, guidance, noise, prompt...)
+    ("image", IMAGE_TYPE),               # the SR output, same size as the HR crop
+])
+"""`sr_candidates`: one row per SR output; the backbones' full descriptions are in the manifest."""
+
 RLE_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 
 INSTANCES = pa.schema([

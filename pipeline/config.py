@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspo_core.degradation import DegradationConfig
 from dspo_core.segment import SegmenterConfig
+from dspo_core.sr import CandidateSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -47,6 +48,34 @@ class DegradeConfig(Section):
     shard_size: int = Field(16, description="HR images per shard.")
 
 
+class CandidateSource(Section):
+    """One SR backbone and the settings of the candidates it contributes to each sample."""
+
+    backbone: str = Field(description="A name in dspo_core.sr.BACKBONES (bicubic, realesrgan, tiny-sd, "
+                                      "one-step-sd, sd-x4-upscaler).")
+    config: dict[str, Any] = Field(default_factory=dict, description="The backbone's own config (see its Config).")
+    settings: list[CandidateSettings] = Field(
+        default_factory=lambda: [CandidateSettings()],
+        description="One entry per candidate; `seed` is an offset mixed with the sample id and candidate index.")
+
+
+class SampleConfig(Section):
+    """How N SR candidates per LQ image are produced (`sr_candidates`)."""
+
+    sources: list[CandidateSource] = Field(
+        default_factory=lambda: [
+            CandidateSource(backbone="realesrgan", config={"variant": "x4plus"}),
+            CandidateSource(backbone="realesrgan", config={"variant": "animevideov3"}),
+            CandidateSource(backbone="bicubic"),
+            CandidateSource(backbone="tiny-sd", settings=[CandidateSettings(noise_strength=0.1)]),
+        ],
+        description="Candidate sources in candidate order; N = total number of settings.")
+    seed: int = Field(0, description="Base seed of every candidate's seed.")
+    splits: list[str] = Field(default_factory=lambda: ["train", "val", "test"],
+                              description="Which lq_pairs splits get candidates.")
+    shard_size: int = Field(8, description="Samples per shard.")
+
+
 class SegmentConfig(Section):
     """How instances are found on each sample's anchor image (`instances`)."""
 
@@ -67,6 +96,7 @@ class PipelineConfig(Section):
     profile: str = Field("demo", description="Name of the profile this came from.")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     degrade: DegradeConfig = Field(default_factory=DegradeConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
 
 
@@ -81,11 +111,18 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'degrade.seed=3' -> ('degrade.seed', 3); values are YAML (numbers, lists, true/false)."""
+    """'degrade.seed=3' -> ('degrade.seed', 3); values are YAML scalars (numbers, true/false, null)
+    or flow collections ('[a, b]', '{k: v}'); anything else is a plain string (e.g. 'demo:')."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), raw
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("[", "{")):
+        return key.strip(), raw
+    return key.strip(), value
 
 
 def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:

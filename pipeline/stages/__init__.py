@@ -4,10 +4,11 @@ from __future__ import annotations
 from pipeline.stage import Stage
 from pipeline.stages.degrade import DegradeStage
 from pipeline.stages.ingest import IngestStage
+from pipeline.stages.sample import SampleStage
 from pipeline.stages.segment import SegmentStage
 
 STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (IngestStage(), DegradeStage(), SegmentStage())
+    stage.name: stage for stage in (IngestStage(), DegradeStage(), SampleStage(), SegmentStage())
 }
 
 #: The whole DAG in order (ARCHITECTURE.md); `dspo run` names the stages not yet in STAGES.

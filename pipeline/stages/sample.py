@@ -1,0 +1,83 @@
+"""Stage `sample`: `lq_pairs` -> `sr_candidates` (schema: pipeline.catalog.SR_CANDIDATES).
+
+N candidates per LQ image from the configured sources (backbone + settings each), batched
+per source over a shard; every resolved setting and seed is recorded in the row.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dspo_core.sr import SRBackbone, build_backbone
+from pipeline.catalog import SR_CANDIDATES
+from pipeline.config import CandidateSource, PipelineConfig, SampleConfig
+from pipeline.stage import Shard, ShardOutput, Stage
+from storage import DatasetStore, decode_image, image_cell
+
+
+def candidate_seed(base_seed: int, sample_id: str, index: int, offset: int) -> int:
+    digest = hashlib.sha256(f"{base_seed}:{sample_id}:{index}:{offset}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class SampleStage(Stage):
+    name = "sample"
+    output = "sr_candidates"
+    inputs = ("lq_pairs",)
+
+    def __init__(self):
+        self._backbones: dict[str, SRBackbone] = {}
+
+    def section(self, config: PipelineConfig) -> SampleConfig:
+        return config.sample
+
+    def schema(self, section: SampleConfig) -> pa.Schema:
+        return SR_CANDIDATES
+
+    def _backbone(self, source: CandidateSource) -> SRBackbone:
+        key = source.model_dump_json(include={"backbone", "config"})
+        if key not in self._backbones:
+            self._backbones[key] = build_backbone(source.backbone, source.config)
+        return self._backbones[key]
+
+    def metadata(self, section: SampleConfig) -> dict:
+        return {"candidates_per_sample": sum(len(source.settings) for source in section.sources),
+                "backbones": [self._backbone(source).describe() for source in section.sources]}
+
+    def plan(self, store: DatasetStore, inputs: dict[str, str], section: SampleConfig) -> list[Shard]:
+        table = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "split"])
+        ids = [sample_id for sample_id, split in zip(table.column("sample_id").to_pylist(),
+                                                     table.column("split").to_pylist()) if split in section.splits]
+        size = section.shard_size
+        return [Shard(f"shard-{i // size:05d}", tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
+
+    def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: SampleConfig,
+                  shard: Shard) -> ShardOutput:
+        samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "lq"],
+                                   filter=pc.field("sample_id").isin(list(shard.items))).to_pylist()
+        lq_images = {row["sample_id"]: np.asarray(decode_image(row["lq"]).convert("RGB")) for row in samples}
+        order = [row["sample_id"] for row in samples]
+        rows = []
+        index = 0
+        for source in section.sources:
+            backbone = self._backbone(source)
+            for settings in source.settings:
+                resolved = [
+                    backbone.resolve_settings(settings.model_copy(
+                        update={"seed": candidate_seed(section.seed, sample_id, index, settings.seed)}))
+                    for sample_id in order
+                ]
+                outputs = backbone.sample([lq_images[sample_id] for sample_id in order], resolved)
+                for sample_id, candidate_settings, image in zip(order, resolved, outputs):
+                    rows.append({
+                        "candidate_id": hashlib.sha256(f"{sample_id}:{index}".encode()).hexdigest()[:20],
+                        "sample_id": sample_id, "candidate_index": index, "backbone": backbone.name,
+                        "weights_id": backbone.weights_id, "seed": candidate_settings.seed,
+                        "settings": candidate_settings.model_dump_json(), "image": image_cell(image),
+                    })
+                index += 1
+        rows.sort(key=lambda row: (order.index(row["sample_id"]), row["candidate_index"]))
+        return ShardOutput(pa.Table.from_pylist(rows, schema=SR_CANDIDATES))
