@@ -2,6 +2,7 @@
 `configs/` with dotted overrides (`degrade.seed=3`). Pydantic, so Prefect renders it as a form."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,18 @@ class CandidateSource(Section):
     settings: list[CandidateSettings] = Field(
         default_factory=lambda: [CandidateSettings()],
         description="One entry per candidate; `seed` is an offset mixed with the sample id and candidate index.")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Settings grid, e.g. {guidance_scale: [3, 7], steps: [20, 50]}: every settings entry is "
+                    "expanded over the cartesian product (here 4 candidates per entry).")
+
+    def candidate_settings(self) -> list[CandidateSettings]:
+        """The settings of this source's candidates, grid expanded, in a fixed order."""
+        if not self.grid:
+            return list(self.settings)
+        names = sorted(self.grid)
+        return [base.model_copy(update=dict(zip(names, values)))
+                for base in self.settings for values in itertools.product(*(self.grid[name] for name in names))]
 
 
 class SampleConfig(Section):

@@ -60,3 +60,14 @@ def test_unsupported_setting_is_a_clear_error(sampled):
     config = load_config("test", {"sample.sources": [{"backbone": "bicubic", "settings": [{"steps": 20}]}]})
     with pytest.raises(UnsupportedSettingsError, match="'bicubic' cannot honour steps"):
         run_stage(STAGES["sample"], store, config)
+
+
+def test_settings_grid_expands_in_order():
+    config = load_config("test", {"sample.sources": [
+        {"backbone": "tiny-sd", "settings": [{"seed": 0}, {"seed": 5}],
+         "grid": {"noise_strength": [0.0, 0.2], "guidance_scale": [1.0, 3.0]}}]})
+    settings = config.sample.sources[0].candidate_settings()
+    assert len(settings) == 8
+    assert [(s.seed, s.guidance_scale, s.noise_strength) for s in settings[:4]] == [
+        (0, 1.0, 0.0), (0, 1.0, 0.2), (0, 3.0, 0.0), (0, 3.0, 0.2)]
+    assert settings[4].seed == 5

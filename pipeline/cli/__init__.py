@@ -7,7 +7,7 @@ the commands here also work where only the pipeline layer is installed.
 """
 import typer
 
-from pipeline.cli import datasets
+from pipeline.cli import datasets, models
 from pipeline.cli.common import ReportingGroup
 from pipeline.cli.doctor import doctor
 from pipeline.cli.stages import ingest, run, stage
@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(models.app, name="models")
 app.command("doctor")(doctor)
 app.command("ingest")(ingest)
 app.command("stage")(stage)

@@ -14,8 +14,13 @@ import pyarrow.compute as pc
 from dspo_core.sr import SRBackbone, build_backbone
 from pipeline.catalog import SR_CANDIDATES
 from pipeline.config import CandidateSource, PipelineConfig, SampleConfig
+from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage
 from storage import DatasetStore, decode_image, image_cell
+
+
+# Backbone config keys that name weights: an s3:// value is fetched into the local model cache.
+WEIGHT_KEYS = ("path", "lora_path")
 
 
 def candidate_seed(base_seed: int, sample_id: str, index: int, offset: int) -> int:
@@ -40,11 +45,13 @@ class SampleStage(Stage):
     def _backbone(self, source: CandidateSource) -> SRBackbone:
         key = source.model_dump_json(include={"backbone", "config"})
         if key not in self._backbones:
-            self._backbones[key] = build_backbone(source.backbone, source.config)
+            config = {name: fetch_weights(value) if name in WEIGHT_KEYS else value
+                      for name, value in source.config.items()}
+            self._backbones[key] = build_backbone(source.backbone, config)
         return self._backbones[key]
 
     def metadata(self, section: SampleConfig) -> dict:
-        return {"candidates_per_sample": sum(len(source.settings) for source in section.sources),
+        return {"candidates_per_sample": sum(len(source.candidate_settings()) for source in section.sources),
                 "backbones": [self._backbone(source).describe() for source in section.sources]}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: SampleConfig) -> list[Shard]:
@@ -64,7 +71,7 @@ class SampleStage(Stage):
         index = 0
         for source in section.sources:
             backbone = self._backbone(source)
-            for settings in source.settings:
+            for settings in source.candidate_settings():
                 resolved = [
                     backbone.resolve_settings(settings.model_copy(
                         update={"seed": candidate_seed(section.seed, sample_id, index, settings.seed)}))

@@ -19,6 +19,7 @@ from dspo_core.segment import SAM_CHECKPOINT_FILES, Segmenter, SegmenterConfig, 
 from pipeline import models
 from pipeline.catalog import INSTANCES
 from pipeline.config import PipelineConfig, SegmentConfig
+from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage
 from storage import DatasetStore, decode_image
 
@@ -34,7 +35,7 @@ def resolve_segmenter(section: SegmentConfig) -> tuple[SegmenterConfig, str | No
     config = section.segmenter
     if config.name != "sam":
         return config, None
-    checkpoint = config.sam.checkpoint
+    checkpoint = fetch_weights(config.sam.checkpoint)
     if checkpoint is None and config.sam.model_type in _SAM_CATALOG_IDS:
         location = models.locate(_SAM_CATALOG_IDS[config.sam.model_type])
         checkpoint = location.path if location.present else None
@@ -63,8 +64,9 @@ class SegmentStage(Stage):
         return INSTANCES
 
     def identity(self, section: SegmentConfig):
+        # The segmenter actually used, not local paths: the cache must work across machines.
         resolved, note = resolve_segmenter(section)
-        return {"resolved": resolved.model_dump(mode="json"), "fallback": note}
+        return {"segmenter": resolved.name, "fallback": note}
 
     def _segmenter(self, section: SegmentConfig) -> tuple[Segmenter, str | None]:
         resolved, note = resolve_segmenter(section)

@@ -1,0 +1,99 @@
+"""Which model weights a profile needs, and where each is expected: what `dspo models`
+lists, verifies and prefetches.
+
+A use names the stage and component that needs the weights, the catalog entry (see
+`pipeline.models`) or the configured path / s3:// URI, and what happens when they are
+missing (a named fallback, or an error).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from pipeline import models
+from pipeline.config import PipelineConfig
+from pipeline.fetch import cache_path, is_fetched
+
+# Torch-hub style names carry a sha256 prefix: sam_vit_b_01ec64.pth, LPIPS_v0.1_alex-df73285e.pth.
+_HASH_IN_NAME = re.compile(r"[_-]([0-9a-f]{6,12})\.(pth|pt|bin|safetensors|ckpt)$")
+_REALESRGAN_IDS = {"x4plus": "realesrgan-x4plus", "animevideov3": "realesrgan-animevideov3"}
+_SAM_IDS = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
+_DIFFUSION_IDS = {"one-step-sd": "sd-2-1-base", "sd-x4-upscaler": "sd-x4-upscaler"}
+
+
+@dataclass(frozen=True)
+class ModelUse:
+    """One model a profile uses.
+
+    used_by:   "<stage>: <component>", e.g. "sample: candidate source 0 (realesrgan)".
+    model:     catalog id, or the configured path / s3:// URI.
+    path:      where the weights are (or would be) read from locally; None for built-in code.
+    present:   whether they are there (a fetched s3:// copy counts).
+    size:      bytes present.
+    if_missing: what the stage does without them.
+    """
+
+    used_by: str
+    model: str
+    path: str | None
+    present: bool
+    size: int
+    if_missing: str
+
+
+def _path_use(used_by: str, location: str, if_missing: str) -> ModelUse:
+    local = str(cache_path(location)) if location.startswith("s3://") else location
+    present = is_fetched(location) if location.startswith("s3://") else os.path.exists(location)
+    size = 0
+    if present and os.path.isdir(local):
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(local) for f in files)
+    elif present:
+        size = os.path.getsize(local)
+    return ModelUse(used_by, location, local, present, size, if_missing)
+
+
+def _catalog_use(used_by: str, model_id: str, if_missing: str) -> ModelUse:
+    location = models.locate(model_id)
+    return ModelUse(used_by, model_id, location.path, location.present, location.size, if_missing)
+
+
+def profile_models(config: PipelineConfig) -> list[ModelUse]:
+    """Every model weight the profile's stages load, in stage order."""
+    uses = []
+    for index, source in enumerate(config.sample.sources):
+        used_by = f"sample: candidate source {index} ({source.backbone})"
+        configured = source.config.get("path")
+        if source.backbone == "realesrgan":
+            variant = source.config.get("variant", "x4plus")
+            uses.append(_catalog_use(used_by, _REALESRGAN_IDS.get(variant, f"realesrgan-{variant}"), "error"))
+        elif source.backbone in _DIFFUSION_IDS and not configured:
+            uses.append(_catalog_use(used_by, _DIFFUSION_IDS[source.backbone], "error"))
+        elif configured:
+            uses.append(_path_use(used_by, configured, "error"))
+        if source.config.get("lora_path"):
+            uses.append(_path_use(f"{used_by} LoRA", source.config["lora_path"], "error"))
+    segmenter = config.segment.segmenter
+    if segmenter.name == "sam":
+        if_missing = "felzenszwalb fallback" if config.segment.fallback == "felzenszwalb" else "error"
+        if segmenter.sam.checkpoint:
+            uses.append(_path_use("segment: SAM", segmenter.sam.checkpoint, if_missing))
+        elif segmenter.sam.model_type in _SAM_IDS:
+            uses.append(_catalog_use("segment: SAM", _SAM_IDS[segmenter.sam.model_type], if_missing))
+    return uses
+
+
+def verify_file(path: str) -> str | None:
+    """None if `path` checks out, else the problem: a sha256 prefix in the file name that the
+    content does not match (torch-hub convention), or an unreadable file."""
+    match = _HASH_IN_NAME.search(os.path.basename(path))
+    if not match:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(match.group(1)):
+        return f"sha256 {digest.hexdigest()[:12]} does not start with {match.group(1)} (from the file name)"
+    return None
