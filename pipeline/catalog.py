@@ -64,3 +64,19 @@ INSTANCES = pa.schema([
     ("anchor", pa.string()),             # the image segmented: hr | lq_bicubic
 ])
 """`instances`: one row per instance mask; the segmenter and all its parameters are in the manifest."""
+
+HUMAN_LABELS = pa.schema([
+    ("label_id", pa.string()),           # hash of (annotator, sample_id, instance_id)
+    ("sample_id", pa.string()),
+    ("instance_id", pa.string()),        # null: the label is about the whole image
+    ("best", pa.string()),               # candidate_id judged best for this instance
+    ("worst", pa.string()),              # candidate_id judged worst
+    ("hallucination", pa.bool_()),       # the worst candidate hallucinates in this instance
+    ("description", pa.string()),        # the annotator's words about the hallucination (user description feedback)
+    ("mask", RLE_TYPE),                  # optional region drawn by the annotator (COCO RLE), null if none
+    ("annotator", pa.string()),
+    ("source", pa.string()),             # csv | parquet | label-studio | app
+    ("labelled_at", pa.timestamp("us", tz="UTC")),
+])
+"""`human_labels`: one row per (annotator, instance) judgement; every import publishes a new
+version holding all labels so far."""
