@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import pipeline
 from pipeline.config import PipelineConfig, Section
@@ -100,6 +101,17 @@ class Stage(abc.ABC):
     def finalize(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
         """Last pass over the shard tables in order before publishing (e.g. de-duplication)."""
         return tables
+
+
+def make_shards(ids: list, size: int) -> list[Shard]:
+    """Consecutive chunks of `size` ids, keyed "shard-00000", "shard-00001", ..."""
+    return [Shard(f"shard-{i // size:05d}", tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
+
+
+def ids_in_splits(store: DatasetStore, ref: str, id_column: str, splits: list[str]) -> list[str]:
+    """The `id_column` values of `ref`'s rows whose `split` is one of `splits`, in stored order."""
+    table = store.read_arrow(ref, columns=[id_column], filter=pc.field("split").isin(splits))
+    return table.column(id_column).to_pylist()
 
 
 def fingerprint_of(stage: Stage, section: Section, inputs: dict[str, str]) -> str:

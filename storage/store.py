@@ -313,7 +313,8 @@ class DatasetStore:
 
         verify(self, ref)
 
-    def gc(self, older_than: float = 3600.0, dry_run: bool = False, scratch_older_than: float = 7 * 86400.0) -> list[str]:
+    def gc(self, older_than: float = 3600.0, dry_run: bool = False,
+           scratch_older_than: float = 7 * 86400.0) -> list[str]:
         """Delete data files no manifest lists, older than `older_than` seconds, and scratch
         tables older than `scratch_older_than`; returns their keys."""
         from storage.transfer import collect_garbage

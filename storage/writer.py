@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from storage.backends import Backend
 from storage.errors import SchemaMismatchError, StoreError
-from storage.images import IMAGE_TYPE, image_columns, image_features
+from storage.images import image_columns, image_features
 
 IMAGE_ROW_GROUP_ROWS = 64
 PLAIN_ROW_GROUP_ROWS = 64 * 1024
@@ -99,7 +99,8 @@ class PartWriter:
                 pending, pending_rows = rest.to_batches(), rest.num_rows
         if self.schema is None:
             if schema is None:
-                raise StoreError(f"publish of {self.dataset!r} got no rows and no schema; pass schema= to publish an empty dataset")
+                raise StoreError(f"publish of {self.dataset!r} got no rows and no schema; "
+                                 "pass schema= to publish an empty dataset")
             self._start(schema)
         if pending_rows or (part is None and not self.files):
             part = self._write_group(part, pa.Table.from_batches(pending, schema=self.schema))

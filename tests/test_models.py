@@ -69,5 +69,6 @@ def test_verify_checks_hash_prefixes(tmp_path, monkeypatch):
     bad.write_bytes(content)
     assert verify_file(str(good)) is None
     assert "does not start with 01ec64" in verify_file(str(bad))
-    result = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["models", "verify", "--profile", "test", "--set", "segment.segmenter.name=sam"])
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["models", "verify", "--profile", "test", "--set", "segment.segmenter.name=sam"])
     assert result.exit_code == 1 and "does not start with 01ec64" in result.output

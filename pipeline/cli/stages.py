@@ -10,7 +10,8 @@ from pipeline.config import load_config
 from pipeline.stage import StageResult, run_stage
 from pipeline.stages import PIPELINE_ORDER, STAGES
 
-ProfileOption = Annotated[str, typer.Option("--profile", "-p", help="Profile in configs/ (demo, test, full) or a YAML path.")]
+ProfileOption = Annotated[str, typer.Option("--profile", "-p",
+                                           help="Profile in configs/ (demo, test, full) or a YAML path.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                      help="Config override, e.g. degrade.seed=3 (repeatable).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even if a version with this fingerprint exists.")]

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from dspo_core.degradation import degrade
 from pipeline.catalog import LQ_PAIRS
 from pipeline.config import DegradeConfig, PipelineConfig
-from pipeline.stage import Shard, ShardOutput, Stage
+from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
 from storage import DatasetStore, decode_image, image_cell
 
 
@@ -32,11 +32,7 @@ class DegradeStage(Stage):
         return LQ_PAIRS
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: DegradeConfig) -> list[Shard]:
-        table = store.read_arrow(inputs["hr_images"], columns=["image_id", "split"])
-        ids = [image_id for image_id, split in zip(table.column("image_id").to_pylist(),
-                                                   table.column("split").to_pylist()) if split in section.splits]
-        size = section.shard_size
-        return [Shard(f"shard-{i // size:05d}", tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
+        return make_shards(ids_in_splits(store, inputs["hr_images"], "image_id", section.splits), section.shard_size)
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: DegradeConfig,
                   shard: Shard) -> ShardOutput:

@@ -11,7 +11,7 @@ from pipeline.catalog import HR_IMAGES
 from pipeline.config import IngestConfig, PipelineConfig
 from pipeline.decode import BadImageError, decode_rgb
 from pipeline.sources import list_source
-from pipeline.stage import Shard, ShardOutput, Stage
+from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from storage import DatasetStore, image_cell
 
 log = logging.getLogger("dspo.stage")
@@ -42,9 +42,7 @@ class IngestStage(Stage):
         return [(item.name, item.identity) for item in list_source(section.source)]
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: IngestConfig) -> list[Shard]:
-        names = [item.name for item in list_source(section.source)]
-        size = section.shard_size
-        return [Shard(f"shard-{i // size:05d}", tuple(names[i:i + size])) for i in range(0, len(names), size)]
+        return make_shards([item.name for item in list_source(section.source)], section.shard_size)
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: IngestConfig,
                   shard: Shard) -> ShardOutput:

@@ -15,7 +15,7 @@ from dspo_core.sr import SRBackbone, build_backbone
 from pipeline.catalog import SR_CANDIDATES
 from pipeline.config import CandidateSource, PipelineConfig, SampleConfig
 from pipeline.fetch import fetch_weights
-from pipeline.stage import Shard, ShardOutput, Stage
+from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
 from storage import DatasetStore, decode_image, image_cell
 
 
@@ -55,11 +55,7 @@ class SampleStage(Stage):
                 "backbones": [self._backbone(source).describe() for source in section.sources]}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: SampleConfig) -> list[Shard]:
-        table = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "split"])
-        ids = [sample_id for sample_id, split in zip(table.column("sample_id").to_pylist(),
-                                                     table.column("split").to_pylist()) if split in section.splits]
-        size = section.shard_size
-        return [Shard(f"shard-{i // size:05d}", tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
+        return make_shards(ids_in_splits(store, inputs["lq_pairs"], "sample_id", section.splits), section.shard_size)
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: SampleConfig,
                   shard: Shard) -> ShardOutput:

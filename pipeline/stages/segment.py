@@ -20,7 +20,7 @@ from pipeline import models
 from pipeline.catalog import INSTANCES
 from pipeline.config import PipelineConfig, SegmentConfig
 from pipeline.fetch import fetch_weights
-from pipeline.stage import Shard, ShardOutput, Stage
+from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from storage import DatasetStore, decode_image
 
 log = logging.getLogger("dspo.stage")
@@ -83,8 +83,7 @@ class SegmentStage(Stage):
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: SegmentConfig) -> list[Shard]:
         ids = store.read_arrow(inputs["lq_pairs"], columns=["sample_id"]).column("sample_id").to_pylist()
-        size = section.shard_size
-        return [Shard(f"shard-{i // size:05d}", tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
+        return make_shards(ids, section.shard_size)
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: SegmentConfig,
                   shard: Shard) -> ShardOutput:
