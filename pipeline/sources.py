@@ -6,6 +6,7 @@ etag) feeds the ingest fingerprint, so changed files make a new version.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -50,21 +51,29 @@ def _s3_items(uri: str) -> list[SourceItem]:
 
 
 def _table_items(root: Path) -> list[SourceItem]:
-    """Rows of Parquet files (or a `save_to_disk` folder's Arrow files) with an image column."""
-    import pyarrow.dataset as pads
+    """Rows of Parquet files (or a `save_to_disk` folder's Arrow files) with an image column;
+    an item is named by the image's own `path` when it has one, else `<file>#<row>`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from storage import IMAGE_TYPE
 
-    arrow_files = sorted(root.glob("*.arrow"))
-    dataset = pads.dataset([str(p) for p in arrow_files], format="ipc") if arrow_files else pads.dataset(
-        str(root), format="parquet")
-    columns = [field.name for field in dataset.schema if field.type == IMAGE_TYPE]
-    if not columns:
-        raise ValueError(f"ingest source {root}: no image column ({{bytes, path}} struct) in its tables")
+    def read(file: Path) -> "pa.Table":
+        if file.suffix == ".arrow":  # `datasets.save_to_disk` writes the Arrow streaming format
+            with pa.memory_map(str(file)) as source:
+                return pa.ipc.open_stream(source).read_all()
+        return pq.read_table(file)
+
     items = []
-    for index, cell in enumerate(dataset.to_table(columns=[columns[0]]).column(0).to_pylist()):
-        data = (cell or {}).get("bytes") or b""
-        items.append(SourceItem(f"row-{index:06d}", f"{len(data)}", lambda d=data: d))
+    for file in sorted(root.glob("*.arrow")) or sorted(root.glob("*.parquet")):
+        table = read(file)
+        columns = [field.name for field in table.schema if field.type == IMAGE_TYPE]
+        if not columns:
+            raise ValueError(f"ingest source {file}: no image column ({{bytes, path}} struct)")
+        for index, cell in enumerate(table.column(columns[0]).to_pylist()):
+            data = (cell or {}).get("bytes") or b""
+            name = (cell or {}).get("path") or f"{file.name}#{index}"
+            items.append(SourceItem(name, f"{len(data)}:{hashlib.sha256(data).hexdigest()[:16]}", lambda d=data: d))
     return items
 
 
