@@ -1,0 +1,396 @@
+"""Tests of dspo_core.iqa: masked maps vs pyiqa, pyiqa's calibration values, bbox-fill
+padding, offline weights checks, normalisation and the hybrid reward (by hand)."""
+
+import ast
+import math
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pyiqa
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from dspo_core.iqa import (
+    DEFAULT_METRICS,
+    WEIGHT_FREE_METRICS,
+    IQAConfig,
+    IQAScorer,
+    MissingWeightsError,
+    ScoreRecord,
+    load_metric,
+    normalise,
+    offline_guard,
+    reward,
+    score_instances,
+    weights_present,
+)
+from dspo_core.iqa.crop import fill_crops, pad_to
+
+torch.set_num_threads(1)
+
+CALIBRA = Path(pyiqa.__file__).resolve().parent.parent / "ResultsCalibra"
+NAMES = ["I03.bmp", "I04.bmp", "I06.bmp", "I08.bmp", "I19.bmp"]
+
+# pyiqa's published calibration: the "<metric>(ours)" rows (= pyiqa's output) of
+# ResultsCalibra/calibration_summary.csv in chaofengc/IQA-PyTorch (commit 065c2b73).
+# The wheel ships only the images (ResultsCalibra/{ref_dir,dist_dir}), not this CSV.
+# Columns: I03, I04, I06, I08, I19 (dist_dir/<name> is scored against ref_dir/<name>).
+CALIBRATION = {
+    "psnr": [21.1136, 20.9872, 27.0139, 23.3002, 21.6186],
+    "ssim": [0.6997, 0.9978, 0.9989, 0.9671, 0.6522],
+    "ms_ssim": [0.6707, 0.9996, 0.9998, 0.9567, 0.8418],
+    "fsim": [0.6891, 0.9702, 0.9927, 0.9575, 0.822],
+    "vif": [0.0172, 0.9891, 0.9924, 0.9104, 0.175],
+    "gmsd": [0.2203, 0.0005, 0.0004, 0.1346, 0.205],
+    "nlpd": [0.5616, 0.0139, 0.011, 0.3033, 0.4335],
+    "vsi": [0.9244, 0.9497, 0.9877, 0.9541, 0.9348],
+    "piqe": [100.0, 21.6242, 35.8646, 41.147, 76.9485],
+    "entropy": [6.9511, 6.9661, 7.5309, 7.5565, 5.7629],
+}
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.array(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def calibra():
+    """(dist (5, H, W, 3), ref (5, H, W, 3)) uint8: each distorted image with the reference of the same name."""
+    dist = np.stack([_read(CALIBRA / "dist_dir" / name) for name in NAMES])
+    ref = np.stack([_read(CALIBRA / "ref_dir" / name) for name in NAMES])
+    return dist, ref
+
+
+@pytest.fixture(scope="module")
+def default_scores(calibra):
+    """{metric: [score of image i with an all-ones mask]} from IQAScorer, default config."""
+    dist, ref = calibra
+    scorer = IQAScorer()
+    out = {name: [] for name in DEFAULT_METRICS}
+    for i in range(len(NAMES)):
+        records = scorer.score_instances(dist[i : i + 1], ref[i], [np.ones(ref.shape[1:3], bool)])
+        for record in records:
+            out[record.metric].append(record.value)
+    return out
+
+
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+
+
+# --------------------------------------------------------------------------- config
+def test_config_defaults_and_validation():
+    config = IQAConfig()
+    assert config.metrics == list(DEFAULT_METRICS)
+    assert set(DEFAULT_METRICS) <= WEIGHT_FREE_METRICS and "mad" not in DEFAULT_METRICS
+    assert config.min_size("ms_ssim") == 161 and config.min_size("vif") == 48 and config.min_size("cw_ssim") == 64
+    assert config.min_size("musiq") == config.default_min_size
+    with pytest.raises(ValidationError):
+        IQAConfig(metrics=["psnr", "psnr"])
+    with pytest.raises(ValidationError):
+        IQAConfig(metrics=["fid"])
+    with pytest.raises(ValidationError):
+        IQAConfig(metrics=[])
+    with pytest.raises(KeyError, match="not_a_metric"):
+        IQAScorer(IQAConfig(metrics=["not_a_metric"]))
+
+
+def test_describe_records_kind_direction_and_version():
+    scorer = IQAScorer()
+    info = {m["name"]: m for m in scorer.describe()["metrics"]}
+    assert list(info) == list(DEFAULT_METRICS)
+    for name, m in info.items():
+        net = pyiqa.create_metric(name, device="cpu")
+        assert m["lower_better"] == net.lower_better
+        assert m["kind"] == net.metric_mode.lower()
+        assert m["pyiqa_version"] == pyiqa.__version__
+    assert {n for n, m in info.items() if m["method"] == "masked_map"} == {"psnr", "ssim", "gmsd", "fsim", "vsi", "entropy"}
+    assert {n for n, m in info.items() if m["lower_better"]} == {"gmsd", "nlpd", "piqe"}
+    assert {n for n, m in info.items() if m["kind"] == "nr"} == {"piqe", "entropy"}
+
+
+# --------------------------------------------------------------------------- equality with pyiqa
+@pytest.mark.parametrize("metric", ["psnr", "psnry", "ssim", "gmsd", "fsim", "vsi", "entropy"])
+def test_all_ones_mask_equals_pyiqa_full_image(calibra, metric):
+    dist, ref = calibra
+    net = pyiqa.create_metric(metric, device="cpu")
+    x, y = _tensor(dist), _tensor(ref)
+    expected = (net(x, y) if net.metric_mode == "FR" else net(x)).double().flatten().numpy()
+    ones = [np.ones(ref.shape[1:3], bool)]
+    got = [score_instances(dist[i : i + 1], ref[i], ones, [metric])[0] for i in range(len(NAMES))]
+    assert all(r.method == "masked_map" for r in got)
+    np.testing.assert_allclose([r.value for r in got], expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("metric", DEFAULT_METRICS)
+def test_reproduces_pyiqa_calibration_values(default_scores, metric):
+    np.testing.assert_allclose(default_scores[metric], CALIBRATION[metric], rtol=0, atol=5e-4)
+
+
+# --------------------------------------------------------------------------- masked PSNR by hand
+def test_masked_psnr_by_hand():
+    # pyiqa's psnr (default): RGB (test_y_channel=False), images in [0, 1], MSE over the 3
+    # channels, PSNR = 10 log10(1 / (MSE + 1e-8)). With uint8 errors e (0..255 units),
+    # MSE = mean(e^2) / 255^2, so PSNR = 10 log10(255^2 / (mean(e^2) + 1e-8 * 255^2)).
+    ref = np.full((8, 8, 3), 100, np.uint8)
+    cand = ref.copy()
+    mask = np.zeros((8, 8), bool)
+    mask[2:4, 2:4] = True  # 4 pixels x 3 channels = 12 values
+    cand[~mask] = 150  # large errors outside the mask must not count
+    cand[2, 2] = 106  # +6 on R, G, B: 3 * 36 = 108
+    cand[3, 3, 0] = 88  # -12 on R: 144
+    # mean(e^2) inside the mask = (108 + 144) / 12 = 21
+    by_hand = 10 * math.log10(255**2 / (21 + 1e-8 * 255**2))
+    assert by_hand == pytest.approx(34.9085, abs=1e-4)
+    (record,) = score_instances(cand[None], ref, [mask], ["psnr"])
+    assert record.method == "masked_map"
+    assert record.value == pytest.approx(by_hand, rel=1e-7)  # inputs are float32 (v / 255), as in pyiqa
+    # pyiqa on the mask's own pixels (here the mask is its bbox) agrees
+    crop = pyiqa.create_metric("psnr", device="cpu")(_tensor(cand[None, 2:4, 2:4]), _tensor(ref[None, 2:4, 2:4]))
+    assert float(crop) == pytest.approx(by_hand, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- direction
+def _noisy(ref: np.ndarray, sigmas, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([np.clip(ref + rng.normal(0, s, ref.shape), 0, 255).astype(np.uint8) for s in sigmas])
+
+
+def test_closer_candidate_normalises_to_one(calibra):
+    ref = calibra[1][0][:128, :128]
+    cands = _noisy(ref.astype(float), [30, 3, 12])  # candidate 1 is closest to the reference
+    mask = np.zeros(ref.shape[:2], bool)
+    mask[20:100, 30:110] = True
+    records = normalise(score_instances(cands, ref, [mask], ["psnr", "gmsd", "ssim", "vif", "nlpd"]))
+    by = {(r.metric, r.candidate): r for r in records}
+    assert not by[("psnr", 0)].lower_better and by[("gmsd", 0)].lower_better
+    assert by[("gmsd", 1)].value < by[("gmsd", 0)].value  # raw gmsd: lower = closer
+    for metric in ("psnr", "gmsd", "ssim", "vif", "nlpd"):
+        assert by[(metric, 1)].normalised == 1.0, metric
+        assert by[(metric, 0)].normalised == 0.0, metric
+        assert 0 < by[(metric, 2)].normalised < 1, metric
+
+
+# --------------------------------------------------------------------------- bbox-fill
+def test_small_mask_is_padded_for_ms_ssim_vif(calibra):
+    ref = calibra[1][3][:200, :200]
+    cands = _noisy(ref.astype(float), [2, 25])
+    mask = np.zeros(ref.shape[:2], bool)
+    mask[90:110, 60:80] = True  # 20 x 20 px
+    crops, ref_crop = fill_crops(cands, ref, mask, "reference", 161)
+    assert crops.shape == (2, 161, 161, 3) and ref_crop.shape == (161, 161, 3)
+    records = normalise(score_instances(cands, ref, [mask], ["ms_ssim", "vif", "cw_ssim", "nlpd", "piqe"]))
+    for r in records:
+        assert r.method == "bbox_fill" and math.isfinite(r.value), r
+    for r in records:
+        if r.kind == "fr":
+            assert r.normalised == (1.0 if r.candidate == 0 else 0.0), r
+
+
+def test_pad_and_fill_conventions():
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3)
+    padded = pad_to(img, 6)
+    assert padded.shape == (1, 6, 6, 3)
+    np.testing.assert_array_equal(padded[0, 2:4, 1:4], img[0])  # original in the middle
+    np.testing.assert_array_equal(padded[0, 1, 1:4], img[0, 0])  # mirrored: edge row repeated
+    np.testing.assert_array_equal(padded[0, 0, 1:4], img[0, 1])
+    np.testing.assert_array_equal(padded[0, 2:4, 0], img[0, :, 0])
+    ref = np.zeros((4, 4, 3), np.uint8)
+    ref[..., 0] = 200
+    cand = np.full((1, 4, 4, 3), 50, np.uint8)
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1] = True
+    mask[1, 2] = True  # bbox rows 1-2, cols 1-2; (2, 2) is outside the mask
+    crops, ref_crop = fill_crops(cand, ref, mask, "reference", 1)
+    assert crops.shape == (1, 2, 2, 3)
+    np.testing.assert_array_equal(crops[0, 1, 1], ref[2, 2])  # filled from the reference
+    np.testing.assert_array_equal(crops[0, 0, 0], cand[0, 1, 1])
+    crops, ref_crop = fill_crops(cand, ref, mask, "constant", 1)
+    np.testing.assert_array_equal(crops[0, 1, 1], [200, 0, 0])  # reference mean colour in the mask
+    np.testing.assert_array_equal(ref_crop[1, 1], [200, 0, 0])
+
+
+def test_ssim_mask_on_the_border_falls_back_to_bbox_fill(calibra):
+    ref = calibra[1][1][:64, :64]
+    cands = _noisy(ref.astype(float), [2, 20])
+    border = np.zeros(ref.shape[:2], bool)
+    border[:3, 20:40] = True  # no 11x11 'valid' window is centred in the top 5 rows
+    inner = np.zeros_like(border)
+    inner[20:40, 20:40] = True
+    records = score_instances(cands, ref, [border, inner], ["ssim"])
+    assert [r.method for r in records] == ["bbox_fill"] * 2 + ["masked_map"] * 2
+    assert all(math.isfinite(r.value) for r in records)
+
+
+def test_batched_candidates_equal_one_at_a_time(calibra):
+    ref = calibra[1][2][:96, :96]
+    cands = _noisy(ref.astype(float), [3, 9, 27])
+    masks = [np.zeros(ref.shape[:2], bool), np.ones(ref.shape[:2], bool)]
+    masks[0][10:50, 30:70] = True
+    metrics = ["psnr", "ssim", "gmsd", "fsim", "vsi", "vif", "nlpd", "entropy"]
+    batched = {(r.metric, r.instance, r.candidate): r.value for r in score_instances(cands, ref, masks, metrics)}
+    for c in range(3):
+        for r in score_instances(cands[c : c + 1], ref, masks, metrics):
+            # pyiqa's float32 metrics (vif) differ by ~1e-6 between batch sizes
+            assert r.value == pytest.approx(batched[(r.metric, r.instance, c)], rel=1e-5, abs=1e-9), r
+
+
+def test_input_checks():
+    img = np.zeros((1, 16, 16, 3), np.uint8)
+    ok = np.ones((16, 16), bool)
+    with pytest.raises(ValueError, match="empty"):
+        score_instances(img, img[0], [np.zeros((16, 16), bool)], ["psnr"])
+    with pytest.raises(ValueError, match="mask 0"):
+        score_instances(img, img[0], [np.ones((8, 8), bool)], ["psnr"])
+    with pytest.raises(ValueError, match="uint8"):
+        score_instances(img.astype(np.float32), img[0], [ok], ["psnr"])
+    with pytest.raises(ValueError, match="need a reference"):
+        score_instances(img, None, [ok], ["psnr", "entropy"])
+    records = score_instances(img, None, [ok], ["entropy", "piqe"])  # NR only: no reference needed
+    assert {r.kind for r in records} == {"nr"}
+
+
+# --------------------------------------------------------------------------- weights
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        ("lpips", "hub/checkpoints/alexnet-owt-7be5be79.pth"),  # torchvision backbone
+        ("musiq", "hub/pyiqa/musiq_koniq_ckpt-e95806b9.pth"),  # pyiqa's own file
+        ("clipiqa", "hub/clip/RN50.pt"),  # pyiqa's CLIP copy
+    ],
+)
+def test_missing_weights_raise_a_clear_error_without_network(tmp_path, monkeypatch, metric, expected):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: calls.append(a) or pytest.fail("network"))
+    with pytest.raises(MissingWeightsError) as info:
+        IQAScorer(IQAConfig(metrics=["psnr", metric]))
+    error = info.value
+    assert error.metric == metric
+    assert error.path == str(tmp_path / expected)
+    assert metric in str(error) and str(tmp_path / expected) in str(error)
+    assert weights_present(metric) is False and weights_present("psnr") is True
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing downloaded
+    assert socket.getaddrinfo is not None and not calls  # guard restored the caller's function
+
+
+def test_offline_guard_blocks_the_network():
+    import urllib.request
+
+    before = (socket.getaddrinfo, socket.socket.connect)
+    with pytest.raises(MissingWeightsError, match="network"), offline_guard("some_metric"):
+        urllib.request.urlopen("http://192.0.2.1/weights.pth", timeout=1)  # TEST-NET-1, never routed
+    with pytest.raises(MissingWeightsError, match="network"), offline_guard("some_metric"):
+        socket.getaddrinfo("example.com", 443)
+    assert (socket.getaddrinfo, socket.socket.connect) == before
+
+
+def test_weight_free_metrics_build_with_an_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for metric in sorted(WEIGHT_FREE_METRICS):
+        assert load_metric(metric) is not None
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_learned_metric_runs_from_cached_weights(tmp_path, monkeypatch):
+    # NIQE's "weights" are a .mat of pristine-model parameters in $TORCH_HOME/hub/pyiqa;
+    # a fake one (zero mean, identity covariance) exercises the cached-weights path offline.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert weights_present("niqe") is False
+    (tmp_path / "hub" / "pyiqa").mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(tmp_path / "hub/pyiqa/niqe_modelparameters.mat", {"mu_prisparam": np.zeros((1, 36)), "cov_prisparam": np.eye(36)})
+    assert weights_present("niqe") is True
+    cands = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    mask = np.zeros((128, 128), bool)
+    mask[10:60, 20:90] = True
+    records = score_instances(cands, None, [mask], ["niqe"])
+    assert [(r.kind, r.lower_better, r.method) for r in records] == [("nr", True, "bbox_fill")] * 2
+    assert all(math.isfinite(r.value) for r in records)
+
+
+# --------------------------------------------------------------------------- normalise / reward
+def _rec(instance, candidate, metric, kind, value, lower_better):
+    return ScoreRecord(instance, candidate, metric, kind, value, lower_better, "masked_map")
+
+
+def test_normalise_and_reward_by_hand():
+    records = []
+    for c, (p, g, q, e) in enumerate([(20.0, 0.1, 40.0, 7.0), (30.0, 0.2, 40.0, 6.0), (25.0, 0.3, 40.0, 8.0)]):
+        records += [
+            _rec(0, c, "psnr", "fr", p, False),
+            _rec(0, c, "gmsd", "fr", g, True),
+            _rec(0, c, "piqe", "nr", q, True),
+            _rec(0, c, "entropy", "nr", e, False),
+        ]
+    norm = {(r.metric, r.candidate): r.normalised for r in normalise(records)}
+    # psnr (higher better): (v - 20) / 10 -> 0, 1, 0.5
+    assert [norm[("psnr", c)] for c in range(3)] == [0.0, 1.0, 0.5]
+    # gmsd (lower better): (0.3 - v) / 0.2 -> 1, 0.5, 0
+    assert [norm[("gmsd", c)] for c in range(3)] == pytest.approx([1.0, 0.5, 0.0])
+    # piqe: all equal -> 0.5
+    assert [norm[("piqe", c)] for c in range(3)] == [0.5, 0.5, 0.5]
+    # entropy: (v - 6) / 2 -> 0.5, 0, 1
+    assert [norm[("entropy", c)] for c in range(3)] == [0.5, 0.0, 1.0]
+    # FR means: (0 + 1)/2 = 0.5, (1 + 0.5)/2 = 0.75, (0.5 + 0)/2 = 0.25
+    # NR means: (0.5 + 0.5)/2 = 0.5, (0.5 + 0)/2 = 0.25, (0.5 + 1)/2 = 0.75
+    rewards = reward(normalise(records))
+    assert [r.fr for r in rewards] == pytest.approx([0.5, 0.75, 0.25])
+    assert [r.nr for r in rewards] == pytest.approx([0.5, 0.25, 0.75])
+    assert [r.reward for r in rewards] == pytest.approx([0.5, 0.5, 0.5])
+    # 0.7 FR + 0.3 NR: 0.35 + 0.15, 0.525 + 0.075, 0.175 + 0.225
+    assert [r.reward for r in reward(normalise(records), 0.7, 0.3)] == pytest.approx([0.5, 0.6, 0.4])
+    # one family only: its weight is renormalised to 1 (reward = FR mean)
+    fr_only = [r for r in records if r.kind == "fr"]
+    assert [r.reward for r in reward(normalise(fr_only))] == pytest.approx([0.5, 0.75, 0.25])
+    assert all(r.nr is None and r.n_nr == 0 for r in reward(normalise(fr_only)))
+    with pytest.raises(ValueError, match="normalise"):
+        reward(records)
+    with pytest.raises(ValueError, match="non-finite"):
+        normalise([_rec(0, 0, "psnr", "fr", float("nan"), False)])
+
+
+# --------------------------------------------------------------------------- hygiene and timing
+def test_package_hygiene():
+    for path in Path("dspo_core/iqa").glob("*.py"):
+        source = path.read_text()
+        assert len(source.splitlines()) < 400, path
+        for node in ast.walk(ast.parse(source)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] not in {"prefect", "storage", "pipeline", "flows"}, (path, name)
+
+
+def test_timing_instances_vs_whole_image():
+    """Printed, not asserted: 4 candidates x 8 instances at 256x256, default metrics."""
+    ref = _read(CALIBRA / "ref_dir" / "I08.bmp")[64:320, 128:384]
+    cands = _noisy(ref.astype(float), [2, 5, 10, 20])
+    labels = (np.arange(256)[:, None] // 64) * 2 + (np.arange(256)[None, :] // 128)  # 8 blocks of 64x128
+    yy, xx = np.mgrid[:256, :256]
+    disc = (yy % 64 - 32) ** 2 + (xx % 128 - 64) ** 2 < 30**2
+    masks = [(labels == k) & (disc if k % 2 else True) for k in range(8)]  # blocks and discs
+    x, y = _tensor(cands), _tensor(ref[None]).expand(4, -1, -1, -1).contiguous()
+    print("\nmetric     whole-image/cand  instances(8)/cand   ratio")
+    total_whole = total_inst = 0.0
+    for metric in DEFAULT_METRICS:
+        net = load_metric(metric)
+        scorer = IQAScorer(IQAConfig(metrics=[metric]))
+        with torch.no_grad():
+            t = time.perf_counter()
+            net(x, y) if net.metric_mode == "FR" else net(x)
+            whole = (time.perf_counter() - t) / 4
+        t = time.perf_counter()
+        scorer.score_instances(cands, ref, masks)
+        inst = (time.perf_counter() - t) / 4
+        total_whole += whole
+        total_inst += inst
+        print(f"{metric:9s}  {whole * 1e3:10.1f} ms   {inst * 1e3:12.1f} ms   {inst / whole:6.1f}x")
+    print(f"{'all':9s}  {total_whole * 1e3:10.1f} ms   {total_inst * 1e3:12.1f} ms   {total_inst / total_whole:6.1f}x")
