@@ -80,3 +80,37 @@ HUMAN_LABELS = pa.schema([
 ])
 """`human_labels`: one row per (annotator, instance) judgement; every import publishes a new
 version holding all labels so far."""
+
+INSTANCE_SCORES = pa.schema([
+    ("instance_id", pa.string()),
+    ("sample_id", pa.string()),
+    ("candidate_id", pa.string()),
+    ("metric", pa.string()),             # pyiqa name, or "reward" / "fr_mean" / "nr_mean" (aggregates)
+    ("kind", pa.string()),               # fr | nr | reward | fr_mean | nr_mean
+    ("value", pa.float64()),             # raw metric value on pyiqa's scale (aggregates: same as normalised)
+    ("lower_better", pa.bool_()),
+    ("normalised", pa.float64()),        # min-max over the instance's N candidates, 1 = best
+    ("method", pa.string()),             # masked_map | bbox_fill | aggregate
+    ("normalisation", pa.string()),      # how `normalised` was computed
+    ("pyiqa_version", pa.string()),
+])
+"""`instance_scores`: one row per (instance, candidate, metric), plus the reward rows: the
+hybrid reward = fr_weight * fr_mean + nr_weight * nr_mean (DP2O-SR)."""
+
+PAIRS = pa.schema([
+    ("pair_id", pa.string()),            # stable hash of (sample_id, instance_id, winner_id, loser_id)
+    ("sample_id", pa.string()),
+    ("instance_id", pa.string()),
+    ("winner_id", pa.string()),          # candidate_id preferred on this instance
+    ("loser_id", pa.string()),
+    ("weight", pa.float64()),            # loss weight: w_m (split over the instance's pairs for top-k x bottom-k)
+    ("margin", pa.float64()),            # IQA reward winner - loser (<= 0 where a human overrode IQA)
+    ("source", pa.string()),             # iqa | human | both
+    ("winner_reward", pa.float64()),
+    ("loser_reward", pa.float64()),
+    ("human_hallucination", pa.bool_()),
+    ("human_description", pa.string()),
+    ("annotators", pa.list_(pa.string())),
+])
+"""`pairs`: instance-level preference pairs; the manifest holds the report (counts, dropped
+pairs, rejected labels) and the human-vs-IQA agreement table."""

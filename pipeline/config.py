@@ -10,6 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspo_core.degradation import DegradationConfig
+from dspo_core.iqa import IQAConfig
+from dspo_core.preferences import PreferenceConfig
 from dspo_core.segment import SegmenterConfig
 from dspo_core.sr import CandidateSettings
 
@@ -103,6 +105,22 @@ class SegmentConfig(Section):
     shard_size: int = Field(16, description="Samples per shard.")
 
 
+class ScoreConfig(Section):
+    """How every (instance, candidate) is scored (`instance_scores`)."""
+
+    iqa: IQAConfig = Field(default_factory=IQAConfig, description="pyiqa metrics and how masks are applied.")
+    fr_weight: float = Field(0.5, ge=0, description="Share of the mean normalised full-reference score in the reward.")
+    nr_weight: float = Field(0.5, ge=0, description="Share of the mean normalised no-reference score in the reward.")
+    shard_size: int = Field(8, description="Samples per shard.")
+
+
+class RankConfig(Section):
+    """How rewards and human labels become preference pairs (`pairs`)."""
+
+    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig,
+                                          description="Best/Worst-of-N or top-k x bottom-k, gap, human override.")
+
+
 class PipelineConfig(Section):
     """Every stage's configuration (one profile)."""
 
@@ -111,6 +129,8 @@ class PipelineConfig(Section):
     degrade: DegradeConfig = Field(default_factory=DegradeConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

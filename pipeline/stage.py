@@ -31,6 +31,7 @@ from storage import DatasetStore
 log = logging.getLogger("dspo.stage")
 QUARANTINE_KEY = b"dspo_quarantine"
 NOTES_KEY = b"dspo_notes"
+STATS_KEY = b"dspo_stats"
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,13 @@ class Shard:
 @dataclass
 class ShardOutput:
     """What `run_shard` returns: rows for the output dataset, items refused (each a dict with
-    at least `item` and `reason`), and notes (e.g. fallbacks used) for the manifest."""
+    at least `item` and `reason`), notes (e.g. fallbacks used) for the manifest, and stats
+    that the stage's `summarize` merges over all shards into the manifest metadata."""
 
     table: pa.Table
     quarantine: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Stage(abc.ABC):
     name: ClassVar[str]
     output: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]] = ()
+    #: Inputs used at their latest version when the store has them (e.g. human labels).
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
     #: Bump when the stage's output changes for the same config and inputs (part of the fingerprint).
     version: ClassVar[int] = 1
 
@@ -96,6 +101,10 @@ class Stage(abc.ABC):
 
     def metadata(self, section: Section) -> dict:
         """Extra manifest metadata (models used, fallbacks)."""
+        return {}
+
+    def summarize(self, stats: list[dict]) -> dict:
+        """Manifest metadata merged from every shard's `ShardOutput.stats` (in shard order)."""
         return {}
 
     def finalize(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
@@ -134,10 +143,12 @@ class StageJob:
         self.stage, self.store, self.force, self.run_id = stage, store, force, run_id
         self.section = stage.section(config)
         given = dict(inputs or {})
-        unknown = set(given) - set(stage.inputs)
+        accepted = (*stage.inputs, *stage.optional_inputs)
+        unknown = set(given) - set(accepted)
         if unknown:
-            raise ValueError(f"stage {stage.name!r} takes inputs {list(stage.inputs)}, not {sorted(unknown)}")
-        self.inputs = {name: store.resolve(given.get(name, f"{name}@latest")) for name in stage.inputs}
+            raise ValueError(f"stage {stage.name!r} takes inputs {list(accepted)}, not {sorted(unknown)}")
+        wanted = [*stage.inputs, *(name for name in stage.optional_inputs if name in given or store.versions(name))]
+        self.inputs = {name: store.resolve(given.get(name, f"{name}@latest")) for name in wanted}
         self.fingerprint = fingerprint_of(stage, self.section, self.inputs)
         self.started = time.perf_counter()
         self.cached_ref = None if force else store.find(self.fingerprint, name=stage.output)
@@ -168,7 +179,8 @@ class StageJob:
         output = self.stage.run_shard(self.store, self.inputs, self.section, shard)
         for record in output.quarantine:
             log.warning("%s: quarantined %s: %s", self.stage.name, record["item"], record["reason"])
-        extra = {QUARANTINE_KEY: json.dumps(output.quarantine).encode(), NOTES_KEY: json.dumps(output.notes).encode()}
+        extra = {QUARANTINE_KEY: json.dumps(output.quarantine).encode(), NOTES_KEY: json.dumps(output.notes).encode(),
+                 STATS_KEY: json.dumps(output.stats).encode()}
         table = output.table.replace_schema_metadata({**(output.table.schema.metadata or {}), **extra})
         self.scratch.put(shard.key, table)
         self.computed += 1
@@ -180,6 +192,7 @@ class StageJob:
                 raise RuntimeError(f"{self.stage.name}: shard {shard.key} is missing from scratch; rerun the stage")
             metadata = table.schema.metadata or {}
             collected["quarantine"].extend(json.loads(metadata.get(QUARANTINE_KEY, b"[]")))
+            collected["stats"].append(json.loads(metadata.get(STATS_KEY, b"{}")))
             for note in json.loads(metadata.get(NOTES_KEY, b"[]")):
                 if note not in collected["notes"]:
                     collected["notes"].append(note)
@@ -188,14 +201,15 @@ class StageJob:
     def publish(self) -> str:
         """Publish the staged shards as the next version of the output dataset; clears scratch."""
         schema = self.stage.schema(self.section)
-        collected: dict[str, list] = {"quarantine": [], "notes": []}
+        collected: dict[str, list] = {"quarantine": [], "notes": [], "stats": []}
         batches = (batch for table in self.stage.finalize(self._staged_tables(collected))
                    for batch in table.select(schema.names).cast(schema).to_batches())
         metadata = {"stage": self.stage.name, "config": self.section.model_dump(mode="json"),
                     "shards": len(self.shards), **self.stage.metadata(self.section)}
         self.ref = self.store.publish(
             self.stage.output, batches, inputs=list(self.inputs.values()), fingerprint=self.fingerprint,
-            metadata=lambda: {**metadata, "quarantine": collected["quarantine"], "notes": collected["notes"]},
+            metadata=lambda: {**metadata, **self.stage.summarize(collected["stats"]),
+                              "quarantine": collected["quarantine"], "notes": collected["notes"]},
             run_id=self.run_id, schema=schema,
         )
         self.scratch.clear()

@@ -4,11 +4,13 @@ from __future__ import annotations
 from pipeline.stage import Stage
 from pipeline.stages.degrade import DegradeStage
 from pipeline.stages.ingest import IngestStage
+from pipeline.stages.rank import RankStage
+from pipeline.stages.score import ScoreStage
 from pipeline.stages.sample import SampleStage
 from pipeline.stages.segment import SegmentStage
 
 STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (IngestStage(), DegradeStage(), SampleStage(), SegmentStage())
+    stage.name: stage for stage in (IngestStage(), DegradeStage(), SampleStage(), SegmentStage(), ScoreStage(), RankStage())
 }
 
 #: The whole DAG in order (ARCHITECTURE.md); `dspo run` names the stages not yet in STAGES.

@@ -1,0 +1,26 @@
+"""Human labels for the DSPO rank stage: import them into `human_labels`, export labelling tasks.
+
+    from pipeline.labels import import_labels, export_tasks
+    report = import_labels(store, "labels.csv", annotator="alice")   # -> ImportReport
+    report.ref, report.accepted, report.rejected                        # "human_labels@v3", 40, [Rejection]
+    export_tasks(store, "tasks/", format="label-studio", limit=50)     # crops + tasks.json
+
+Formats read: CSV and Parquet (pipeline.labels.readers), Label Studio JSON exports
+(pipeline.labels.label_studio, including brush masks: pipeline.labels.lsrle). The rules a
+label must pass are in pipeline.labels.importer; the dataset schema is
+pipeline.catalog.HUMAN_LABELS.
+"""
+from pipeline.labels.export import EXPORT_FORMATS, ExportReport, export_tasks, label_config
+from pipeline.labels.importer import (
+    Catalog, ImportReport, Rejection, import_labels, import_labels_checked, import_rows, label_id,
+)
+from pipeline.labels.lsrle import brush_mask, decode_rle
+from pipeline.labels.readers import FORMATS, TEMPLATE_COLUMNS, read_labels
+from pipeline.labels.records import LabelFileError, RawLabel
+
+__all__ = [
+    "import_labels", "import_rows", "import_labels_checked", "ImportReport", "Rejection", "Catalog", "label_id",
+    "export_tasks", "ExportReport", "EXPORT_FORMATS", "label_config",
+    "read_labels", "FORMATS", "TEMPLATE_COLUMNS", "RawLabel", "LabelFileError",
+    "decode_rle", "brush_mask",
+]

@@ -1,0 +1,236 @@
+"""Export labelling tasks: one per instance, with crops of every candidate, the LQ and the HR.
+
+For each instance (ordered by sample_id, then instance index) the instance's bounding box,
+padded, is cut from each of the sample's N candidates, from the LQ image (bicubic-upscaled
+to the HR size first) and from the HR crop; small crops are enlarged by an integer factor
+(nearest neighbour, so pixels stay pixels) and the mask outline is drawn on each. Files:
+
+    DIR/images/<sample_id>/<instance_id>/<A..>-<candidate_id>.png, lq.png, hr.png
+    DIR/tasks.json         (label-studio) Label Studio import: one task per instance
+    DIR/label_config.xml   (label-studio) the labelling interface for those tasks
+    DIR/tasks.csv          (folder) the CSV importer's template, one row per instance
+
+Image references in tasks.json are paths relative to DIR (prefixed with `url_prefix` if
+given): serve DIR over HTTP and pass its URL as the prefix (e.g. `python -m http.server`
+in DIR and `--url-prefix http://localhost:8000/`), or use Label Studio's local file serving
+(`/data/local-files/?d=...`) or cloud storage. `data.files` keeps the relative paths.
+
+Each task's data: sample_id, instance_id, instance_index, candidate_ids, items (the Ranker's
+List: id = candidate id, title = letter), candidate_<i> / lq / hr / image (image URLs; `image`,
+the HR crop, is the brush canvas), crop_box ([x, y, w, h] in HR pixels), zoom, frame_size
+([h, w]). Export `tasks.json` again from Label Studio once labelled and import it with
+`dspo labels import`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pyarrow.compute as pc
+from PIL import Image
+
+from dspo_core.segment import rle
+from pipeline.labels.readers import TEMPLATE_COLUMNS
+from storage import DatasetStore, decode_image
+
+EXPORT_FORMATS = ("label-studio", "folder")
+DISPLAY_SIDE = 256      # crops are enlarged until their longer side reaches this (integer zoom)
+MAX_ZOOM = 8
+OUTLINE = (255, 0, 255)
+SAMPLES_PER_READ = 16
+
+
+@dataclass
+class ExportReport:
+    folder: Path
+    format: str
+    tasks: int = 0
+    images: int = 0
+    files: list[str] = field(default_factory=list)   # the task files written (relative to folder)
+    inputs: list[str] = field(default_factory=list)
+
+
+def crop_geometry(bbox, frame: tuple[int, int]) -> tuple[list[int], int]:
+    """([x, y, w, h] of the padded crop, zoom factor) for an instance bbox in a (h, w) frame."""
+    x, y, w, h = (int(v) for v in bbox)
+    pad = max(4, round(max(w, h) * 0.15))
+    x0, y0 = max(0, x - pad), max(0, y - pad)
+    x1, y1 = min(frame[1], x + w + pad), min(frame[0], y + h + pad)
+    side = max(x1 - x0, y1 - y0, 1)
+    return [x0, y0, x1 - x0, y1 - y0], min(MAX_ZOOM, max(1, math.ceil(DISPLAY_SIDE / side)))
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The mask's boundary pixels: set pixels with an unset 4-neighbour (outside counts as unset)."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def _crop(image: np.ndarray, box: list[int], zoom: int, edge: np.ndarray) -> Image.Image:
+    x, y, w, h = box
+    crop = image[y:y + h, x:x + w].repeat(zoom, axis=0).repeat(zoom, axis=1).copy()
+    crop[edge] = OUTLINE
+    return Image.fromarray(crop)
+
+
+def label_config(candidates: int) -> str:
+    """Label Studio labelling config for the exported tasks (N = `candidates` images)."""
+    images = "\n".join(
+        f'    <View style="display: inline-block; margin: 4px"><Header value="{letter}" size="5"/>'
+        f'<Image name="candidate_{index}" value="$candidate_{index}"/></View>'
+        for index, letter in zip(range(candidates), _letters()))
+    return f"""<View>
+  <Header value="Rank the candidates on the outlined instance: best first, worst last"/>
+  <View style="display: flex; flex-wrap: wrap">
+    <View style="margin: 4px"><Header value="LQ (upscaled)" size="5"/><Image name="lq" value="$lq"/></View>
+    <View style="margin: 4px"><Header value="HR (reference; draw the hallucinated region here)" size="5"/>
+      <Image name="image" value="$image"/></View>
+  </View>
+  <View>
+{images}
+  </View>
+  <List name="candidates" value="$items" title="Candidates"/>
+  <Ranker name="rank" toName="candidates"/>
+  <Choices name="hallucination" toName="image" choice="single" showInline="true">
+    <Choice value="hallucination"/>
+    <Choice value="no hallucination"/>
+  </Choices>
+  <TextArea name="description" toName="image" placeholder="What is hallucinated in the worst candidate?"
+            rows="2" maxSubmissions="1"/>
+  <BrushLabels name="region" toName="image">
+    <Label value="hallucination" background="#ff00ff"/>
+  </BrushLabels>
+</View>
+"""
+
+
+def _lq_ref(store: DatasetStore, candidates_ref: str) -> str:
+    for ref in store.manifest(candidates_ref).get("inputs", []):
+        if ref.startswith("lq_pairs@"):
+            return ref
+    return store.resolve("lq_pairs@latest")
+
+
+def _prepare(folder: Path, force: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise FileExistsError(f"{folder} is not empty; choose an absent or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def export_tasks(store: DatasetStore, to, format: str = "label-studio", limit: int | None = None, *,
+                 candidates: str = "sr_candidates@latest", instances: str = "instances@latest",
+                 url_prefix: str = "", force: bool = False) -> ExportReport:
+    """Write labelling tasks for the first `limit` instances (all if None) to folder `to`."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; one of {', '.join(EXPORT_FORMATS)}")
+    candidates_ref, instances_ref = store.resolve(candidates), store.resolve(instances)
+    lq_ref = _lq_ref(store, candidates_ref)
+    folder = Path(to)
+    _prepare(folder, force)
+    report = ExportReport(folder, format, inputs=[candidates_ref, instances_ref, lq_ref])
+    table = store.read_arrow(instances_ref, columns=["instance_id", "sample_id", "index", "mask", "bbox"])
+    table = table.sort_by([("sample_id", "ascending"), ("index", "ascending")])
+    if limit is not None:
+        table = table.slice(0, limit)
+    rows = table.to_pylist()
+    order = list(dict.fromkeys(row["sample_id"] for row in rows))
+    tasks, most = [], 0
+    for start in range(0, len(order), SAMPLES_PER_READ):
+        group = order[start:start + SAMPLES_PER_READ]
+        samples = _read_samples(store, lq_ref, candidates_ref, group)
+        for row in rows:
+            if row["sample_id"] in samples:
+                task = _write_instance(folder, row, samples[row["sample_id"]], url_prefix, report)
+                if task is not None:
+                    tasks.append(task)
+                    most = max(most, len(task["candidate_ids"]))
+    if format == "label-studio":
+        (folder / "tasks.json").write_text(json.dumps([{"data": task} for task in tasks], indent=1))
+        (folder / "label_config.xml").write_text(label_config(most))
+        report.files = ["tasks.json", "label_config.xml"]
+    else:
+        with open(folder / "tasks.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*TEMPLATE_COLUMNS, "candidates", "images"])
+            for task in tasks:
+                letters = " ".join(f"{item['title']}={item['id']}" for item in task["items"])
+                folder_of = str(Path(task["files"]["hr"]).parent)
+                writer.writerow([task["sample_id"], task["instance_id"], "", "", "", "", "", letters, folder_of])
+        report.files = ["tasks.csv"]
+    report.tasks = len(tasks)
+    return report
+
+
+def _read_samples(store: DatasetStore, lq_ref: str, candidates_ref: str, group: list[str]) -> dict[str, dict]:
+    """{sample_id: {"hr": array, "lq_up": array, "candidates": [(id, array), ...]}} for `group`."""
+    found: dict[str, dict] = {}
+    lq = store.read_arrow(lq_ref, columns=["sample_id", "hr", "lq"], filter=pc.field("sample_id").isin(group))
+    for row in lq.to_pylist():
+        hr = decode_image(row["hr"]).convert("RGB")
+        lq_up = decode_image(row["lq"]).convert("RGB").resize(hr.size, Image.BICUBIC)
+        found[row["sample_id"]] = {"hr": np.asarray(hr), "lq_up": np.asarray(lq_up), "candidates": []}
+    table = store.read_arrow(candidates_ref, columns=["candidate_id", "sample_id", "candidate_index", "image"],
+                             filter=pc.field("sample_id").isin(group))
+    for row in sorted(table.to_pylist(), key=lambda item: (item["sample_id"], item["candidate_index"])):
+        sample = found.get(row["sample_id"])
+        if sample is None:
+            continue
+        image = decode_image(row["image"]).convert("RGB")
+        height, width = sample["hr"].shape[:2]
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BICUBIC)
+        sample["candidates"].append((row["candidate_id"], np.asarray(image)))
+    return found
+
+
+def _write_instance(folder: Path, row: dict, sample: dict, url_prefix: str, report: ExportReport) -> dict | None:
+    """Write the crops of one instance; its task data, or None if it has no candidates or area."""
+    if not sample["candidates"] or not row["bbox"] or min(row["bbox"][2:]) <= 0:
+        return None
+    frame = sample["hr"].shape[:2]
+    box, zoom = crop_geometry(row["bbox"], frame)
+    x, y, w, h = box
+    mask = rle.decode(row["mask"])[y:y + h, x:x + w]
+    edge = outline(mask.repeat(zoom, axis=0).repeat(zoom, axis=1))
+    relative = Path("images") / row["sample_id"] / row["instance_id"]
+    (folder / relative).mkdir(parents=True, exist_ok=True)
+
+    def save(image: np.ndarray, name: str) -> str:
+        path = (relative / f"{name}.png").as_posix()
+        _crop(image, box, zoom, edge).save(folder / path, format="PNG", compress_level=1)
+        report.images += 1
+        return path
+
+    files = {"candidates": [], "lq": save(sample["lq_up"], "lq"), "hr": save(sample["hr"], "hr")}
+    items = []
+    for (candidate_id, image), letter in zip(sample["candidates"], _letters()):
+        path = save(image, f"{letter}-{candidate_id}")
+        files["candidates"].append(path)
+        items.append({"id": candidate_id, "title": letter, "body": f"candidate {letter} ({candidate_id})",
+                      "html": f"<img src={quoteattr(url_prefix + path)} alt={quoteattr(letter)}/>"})
+    data = {"sample_id": row["sample_id"], "instance_id": row["instance_id"], "instance_index": row["index"],
+            "candidate_ids": [item["id"] for item in items], "items": items}
+    data.update({f"candidate_{index}": url_prefix + path for index, path in enumerate(files["candidates"])})
+    data.update({"lq": url_prefix + files["lq"], "hr": url_prefix + files["hr"], "image": url_prefix + files["hr"],
+                 "crop_box": box, "zoom": zoom, "frame_size": [int(frame[0]), int(frame[1])], "files": files})
+    return data
+
+
+def _letters():
+    """A, B, ..., Z, AA, AB, ...: names of the candidates in a task."""
+    for size in range(1, 4):
+        for index in range(len(string.ascii_uppercase) ** size):
+            name, rest = "", index
+            for _ in range(size):
+                rest, digit = divmod(rest, 26)
+                name = string.ascii_uppercase[digit] + name
+            yield name
