@@ -114,3 +114,24 @@ PAIRS = pa.schema([
 ])
 """`pairs`: instance-level preference pairs; the manifest holds the report (counts, dropped
 pairs, rejected labels) and the human-vs-IQA agreement table."""
+
+PREFERENCES = pa.schema([
+    ("pair_id", pa.string()),
+    ("sample_id", pa.string()),          # lq_pairs row: the LQ input and the HR crop
+    ("instance_id", pa.string()),        # instances row
+    ("winner_id", pa.string()),          # sr_candidates row preferred on this instance
+    ("loser_id", pa.string()),
+    ("weight", pa.float64()),            # w_m, the instance's loss weight
+    ("margin", pa.float64()),            # IQA reward gap winner - loser
+    ("source", pa.string()),             # iqa | human | both
+    ("mask", RLE_TYPE),                  # the instance mask (COCO RLE at HR resolution), for self-contained use
+    ("hallucination", pa.bool_()),       # the loser instance is a hallucination suspect (IQA test or human flag)
+    ("hallucination_reason", pa.string()),
+    ("positive_text", pa.string()),      # what the HR region shows: the prompt during training
+    ("negative_text", pa.string()),      # what the loser region shows: negative-prompt text during training
+    ("feedback_source", pa.string()),    # human | captioner:<name> | template
+    ("attributes", pa.string()),         # JSON of the measured region attributes (sharpness, colour shift, ...)
+])
+"""`preferences`: the dataset other experiments pull. One row per instance-level pair with its
+mask, weight, margin and text feedback; its manifest lineage names every input version.
+`dspo datasets pull preferences@vN --with-images` adds the LQ, HR, winner and loser images."""

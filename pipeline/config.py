@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dspo_core.degradation import DegradationConfig
+from dspo_core.feedback import CaptionerConfig, FeedbackConfig
 from dspo_core.iqa import IQAConfig
 from dspo_core.preferences import PreferenceConfig
 from dspo_core.segment import SegmenterConfig
@@ -121,6 +122,17 @@ class RankConfig(Section):
                                           description="Best/Worst-of-N or top-k x bottom-k, gap, human override.")
 
 
+class CaptionConfig(Section):
+    """How each pair's loser instance gets its hallucination flag and text feedback (`preferences`)."""
+
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig,
+                                     description="Suspect thresholds, measured attributes, template writer.")
+    captioner: CaptionerConfig | None = Field(
+        None, description="A local image-to-text model (BLIP, GIT, Florence-2, a VLM); None: the template writer "
+                          "alone (named as such in the manifest). Human descriptions always take precedence.")
+    shard_size: int = Field(16, description="Samples per shard.")
+
+
 class PipelineConfig(Section):
     """Every stage's configuration (one profile)."""
 
@@ -131,6 +143,7 @@ class PipelineConfig(Section):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -178,7 +178,8 @@ def measure(candidate_crop: object, hr_crop: object, mask: object, config: Measu
     dchroma = float(chroma(lab_c) - chroma(lab_h))
 
     hp_c, hp_h = high_pass(y_c), high_pass(y_h)
-    flat = region & (np.sqrt(box_filter(hp_h**2, 5)) < c.flat_max)
+    # Rounding in the box filter can leave tiny negative energies.
+    flat = region & (np.sqrt(np.maximum(box_filter(hp_h**2, 5), 0)) < c.flat_max)
     n_flat = int(flat.sum())
     invented = _rms(hp_c[flat]) - _rms(hp_h[flat]) if n_flat >= c.min_pixels else 0.0
     flat_fraction = n_flat / area

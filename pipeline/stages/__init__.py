@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pipeline.stage import Stage
+from pipeline.stages.caption import CaptionStage
 from pipeline.stages.degrade import DegradeStage
 from pipeline.stages.ingest import IngestStage
 from pipeline.stages.rank import RankStage
@@ -10,7 +11,7 @@ from pipeline.stages.sample import SampleStage
 from pipeline.stages.segment import SegmentStage
 
 STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (IngestStage(), DegradeStage(), SampleStage(), SegmentStage(), ScoreStage(), RankStage())
+    stage.name: stage for stage in (IngestStage(), DegradeStage(), SampleStage(), SegmentStage(), ScoreStage(), RankStage(), CaptionStage())
 }
 
 #: The whole DAG in order (ARCHITECTURE.md); `dspo run` names the stages not yet in STAGES.
