@@ -1,0 +1,116 @@
+"""Stages score, rank and caption: from candidates and instances to the `preferences` dataset."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from dspo_core.segment import rle
+from pipeline.catalog import HUMAN_LABELS
+from pipeline.config import load_config
+from pipeline.stage import run_stage
+from pipeline.stages import STAGES
+from storage import DatasetStore, decode_image
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory):
+    store = DatasetStore(str(tmp_path_factory.mktemp("prefs") / "store"))
+    config = load_config("test")
+    results = {name: run_stage(STAGES[name], store, config)
+               for name in ("ingest", "degrade", "sample", "segment", "score", "rank", "caption")}
+    return store, config, results
+
+
+def test_scores_are_masked_normalised_and_rewarded(ranked):
+    store, _, results = ranked
+    scores = store.read_pandas(results["score"].ref)
+    instances = store.read_pandas("instances@latest")
+    candidates = store.read_pandas("sr_candidates@latest")
+    per_sample = candidates.groupby("sample_id").size().iloc[0]
+    metrics = {"psnr", "ssim", "gmsd", "entropy", "reward", "fr_mean", "nr_mean"}
+    assert set(scores["metric"]) == metrics
+    assert len(scores) == len(instances) * per_sample * len(metrics)
+    for _, group in scores[scores.metric == "psnr"].groupby("instance_id"):
+        assert group["normalised"].max() == 1.0 and group["normalised"].min() == 0.0
+        best = group.loc[group["value"].idxmax(), "candidate_id"]
+        assert group.set_index("candidate_id").loc[best, "normalised"] == 1.0
+    gmsd = scores[scores.metric == "gmsd"]
+    assert gmsd["lower_better"].all()
+    for _, group in gmsd.groupby("instance_id"):
+        assert group.set_index("candidate_id").loc[group.loc[group["value"].idxmin(), "candidate_id"],
+                                                   "normalised"] == 1.0
+    reward = scores[scores.metric == "reward"].set_index(["instance_id", "candidate_id"])["value"]
+    fr = scores[scores.metric == "fr_mean"].set_index(["instance_id", "candidate_id"])["value"]
+    nr = scores[scores.metric == "nr_mean"].set_index(["instance_id", "candidate_id"])["value"]
+    np.testing.assert_allclose(reward, 0.5 * fr + 0.5 * nr)
+    assert store.manifest(results["score"].ref)["metadata"]["iqa"]["pyiqa_version"]
+
+    # Masked PSNR of one (instance, candidate) by hand: RGB in [0, 1], MSE inside the mask.
+    row = scores[scores.metric == "psnr"].iloc[0]
+    mask = rle.decode(instances.set_index("instance_id").loc[row.instance_id, "mask"])
+    hr = np.asarray(decode_image(store.read_pandas("lq_pairs@latest").set_index("sample_id")
+                                 .loc[row.sample_id, "hr"])).astype(np.float64) / 255
+    sr = np.asarray(decode_image(candidates.set_index("candidate_id").loc[row.candidate_id, "image"]))
+    mse = ((sr.astype(np.float64) / 255 - hr) ** 2)[mask].mean()
+    assert row["value"] == pytest.approx(10 * np.log10(1 / (mse + 1e-8)), rel=1e-4)
+
+
+def test_pairs_best_worst_per_instance(ranked):
+    store, _, results = ranked
+    pairs = store.read_pandas(results["rank"].ref)
+    scores = store.read_pandas(results["score"].ref)
+    reward = scores[scores.metric == "reward"]
+    assert len(pairs) == pairs["instance_id"].nunique() > 0
+    for pair in pairs.itertuples():
+        group = reward[reward.instance_id == pair.instance_id].set_index("candidate_id")["value"]
+        assert pair.winner_id == group.idxmax() and pair.loser_id == group.idxmin()
+        assert pair.margin == pytest.approx(group.max() - group.min()) and pair.source == "iqa"
+    weights = store.read_pandas("instances@latest").set_index("instance_id")["weight"]
+    np.testing.assert_allclose(pairs["weight"], weights.loc[pairs["instance_id"]].to_numpy())
+    assert store.manifest(results["rank"].ref)["metadata"]["counts"]["pairs"] == len(pairs)
+
+
+def test_preferences_and_lineage(ranked):
+    store, _, results = ranked
+    prefs = store.read_pandas(results["caption"].ref)
+    assert len(prefs) == results["rank"].rows
+    assert (prefs["feedback_source"] == "template").all()
+    assert prefs["negative_text"].str.len().gt(0).all() and prefs["positive_text"].str.len().gt(0).all()
+    assert all(isinstance(json.loads(text), dict) for text in prefs["attributes"])
+    manifest = store.manifest(results["caption"].ref)
+    assert manifest["metadata"]["fallback"] == "template writer (no captioner configured)"
+    names = {ref.split("@")[0] for ref in manifest["inputs"]}
+    assert names == {"pairs", "instance_scores", "sr_candidates", "lq_pairs", "instances"}
+
+
+def test_human_labels_rerank_without_rescoring(ranked):
+    store, config, results = ranked
+    pairs = store.read_pandas(results["rank"].ref)
+    reward = store.read_pandas(results["score"].ref).query("metric == 'reward'")
+    flipped = pairs.iloc[0]
+    # A human prefers the IQA loser over the IQA winner on the first instance, and flags it.
+    label = {"label_id": "l1", "sample_id": flipped.sample_id, "instance_id": flipped.instance_id,
+             "best": flipped.loser_id, "worst": flipped.winner_id, "hallucination": True,
+             "description": "a striped texture that is not in the photo", "mask": None, "annotator": "ann",
+             "source": "csv", "labelled_at": dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc)}
+    store.publish("human_labels", pa.Table.from_pylist([label], schema=HUMAN_LABELS))
+    again = {name: run_stage(STAGES[name], store, config) for name in ("score", "rank", "caption")}
+    assert again["score"].cache_hit and not again["rank"].cache_hit and not again["caption"].cache_hit
+    new_pairs = store.read_pandas(again["rank"].ref).set_index("instance_id")
+    human = new_pairs.loc[flipped.instance_id]
+    assert (human.winner_id, human.loser_id, human.source) == (flipped.loser_id, flipped.winner_id, "human")
+    group = reward[reward.instance_id == flipped.instance_id].set_index("candidate_id")["value"]
+    assert human.margin == pytest.approx(group[flipped.loser_id] - group[flipped.winner_id])
+    prefs = store.read_pandas(again["caption"].ref).set_index("instance_id").loc[flipped.instance_id]
+    assert prefs.hallucination and prefs.negative_text == "a striped texture that is not in the photo"
+    assert prefs.feedback_source == "human"
+    agreement = store.manifest(again["rank"].ref)["metadata"]["agreement"]
+    assert {row["score"]: row["n"] for row in agreement}["reward"] == 1
+    assert "human_labels@v1" in store.manifest(again["rank"].ref)["inputs"]
