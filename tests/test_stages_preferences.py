@@ -114,3 +114,25 @@ def test_human_labels_rerank_without_rescoring(ranked):
     agreement = store.manifest(again["rank"].ref)["metadata"]["agreement"]
     assert {row["score"]: row["n"] for row in agreement}["reward"] == 1
     assert "human_labels@v1" in store.manifest(again["rank"].ref)["inputs"]
+
+
+def test_pull_preferences_with_images_as_hf(ranked, tmp_path):
+    import datasets
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    store, _, results = ranked
+    ref = results["caption"].ref
+    out = tmp_path / "prefs-hf"
+    result = CliRunner().invoke(app, ["datasets", "pull", ref, "--to", str(out), "--format", "hf", "--with-images",
+                                      "--store", store.uri])
+    assert result.exit_code == 0, result.output
+    loaded = datasets.load_from_disk(str(out))
+    row = loaded[0]
+    assert row["lq"].size == (32, 32) and row["hr"].size == row["winner"].size == row["loser"].size == (128, 128)
+    mask = np.asarray(row["mask_image"]) > 0
+    np.testing.assert_array_equal(mask, rle.decode(row["mask"]))
+    winner = store.read_pandas("sr_candidates@latest").set_index("candidate_id").loc[row["winner_id"], "image"]
+    np.testing.assert_array_equal(np.asarray(row["winner"]), np.asarray(decode_image(winner)))
+    assert len(loaded) == results["caption"].rows

@@ -12,6 +12,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from pipeline.cli.common import ReportingGroup, StoreOption, console, format_bytes, opened_store
+from pipeline.materialize import pull_with_images
 from storage import DatasetNotFoundError, DatasetStore, StoreError, image_columns
 
 app = typer.Typer(cls=ReportingGroup, no_args_is_help=True,
@@ -224,14 +225,20 @@ def pull(
     fmt: Annotated[str, typer.Option(
         "--format", help="parquet: data files + manifest.json; hf: a saved Hugging Face dataset + manifest.json.",
     )] = "parquet",
+    with_images: Annotated[bool, typer.Option(
+        "--with-images", help="preferences only: add the LQ, HR, winner, loser and mask images as Image columns.",
+    )] = False,
     store: StoreOption = None,
 ) -> None:
     """Copy a version to a local folder."""
     with opened_store(store) as opened:
         # The store validates the format, so an unknown one is reported like any store error.
         pinned = opened.resolve(ref)
-        folder = opened.pull(pinned, to, format=fmt)
-        console().print(Text(f"pulled {pinned} to {folder} ({fmt})"))
+        if with_images:
+            folder = pull_with_images(opened, pinned, to, format=fmt)
+        else:
+            folder = opened.pull(pinned, to, format=fmt)
+        console().print(Text(f"pulled {pinned} to {folder} ({fmt}{', with images' if with_images else ''})"))
 
 
 @app.command("tag")
