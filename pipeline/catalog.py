@@ -5,9 +5,17 @@ decodes them to PIL, pandas sees {bytes, path}.
 """
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from storage import IMAGE_TYPE
+
+def stable_id(kind: str, *parts: object) -> str:
+    """A row id: 20 hex digits of sha256("kind:part:part..."). The kind keeps ids of different
+    datasets apart (candidate k and instance k of a sample never share an id)."""
+    return hashlib.sha256(":".join([kind, *map(str, parts)]).encode()).hexdigest()[:20]
+
 
 HR_IMAGES = pa.schema([
     ("image_id", pa.string()),   # first 20 hex digits of the sha256 of the source file's bytes
@@ -21,7 +29,7 @@ HR_IMAGES = pa.schema([
 """`hr_images`: one row per distinct source image (duplicates by content are stored once)."""
 
 LQ_PAIRS = pa.schema([
-    ("sample_id", pa.string()),          # hash of (image_id, seed): the id every later dataset refers to
+    ("sample_id", pa.string()),          # stable_id("sample", image_id, seed): what later datasets refer to
     ("image_id", pa.string()),           # the hr_images row it came from
     ("split", pa.string()),
     ("crop_top", pa.int32()),            # HR crop box inside the source image, in pixels
@@ -37,7 +45,7 @@ LQ_PAIRS = pa.schema([
 """`lq_pairs`: one row per degraded crop; `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""
 
 SR_CANDIDATES = pa.schema([
-    ("candidate_id", pa.string()),       # hash of (sample_id, candidate_index)
+    ("candidate_id", pa.string()),       # stable_id("candidate", sample_id, candidate_index)
     ("sample_id", pa.string()),          # the lq_pairs row
     ("candidate_index", pa.int32()),     # 0..N-1, in the order of the sample config's sources
     ("backbone", pa.string()),           # name in dspo_core.sr.BACKBONES
@@ -51,7 +59,7 @@ SR_CANDIDATES = pa.schema([
 RLE_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
 
 INSTANCES = pa.schema([
-    ("instance_id", pa.string()),        # hash of (sample_id, index)
+    ("instance_id", pa.string()),        # stable_id("instance", sample_id, index)
     ("sample_id", pa.string()),          # the lq_pairs row; masks apply to every candidate of that sample
     ("index", pa.int32()),               # position among the sample's instances (priority order)
     ("mask", RLE_TYPE),                  # COCO RLE (pycocotools-compatible compressed counts), at HR resolution

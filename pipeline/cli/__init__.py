@@ -7,7 +7,7 @@ the commands here also work where only the pipeline layer is installed.
 """
 import typer
 
-from pipeline.cli import datasets, models
+from pipeline.cli import datasets, labels, models
 from pipeline.cli.common import ReportingGroup
 from pipeline.cli.doctor import doctor
 from pipeline.cli.stages import ingest, run, stage
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(models.app, name="models")
+app.add_typer(labels.app, name="labels")
 app.command("doctor")(doctor)
 app.command("ingest")(ingest)
 app.command("stage")(stage)

@@ -78,7 +78,8 @@ def opened_store(option: str | None) -> Iterator[DatasetStore]:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that describe a problem with the store or the environment, not a bug:
-    store errors, config errors (unknown profile, bad override), OS errors (permissions, missing paths), Arrow I/O and format errors, and
+    store errors, config errors (unknown profile, bad override), OS errors (permissions, missing
+    paths), Arrow I/O and format errors, and
     botocore's errors (no credentials, unreachable endpoint) -- the last only when an s3://
     store has loaded botocore, so a local command never pays for importing it."""
     errors: list[type[BaseException]] = [StoreError, ConfigError, OSError, pa.ArrowException]

@@ -17,7 +17,9 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from pipeline.cli.common import ERROR_EXIT, ReportingGroup, StoreOption, console, error_message, opened_store, report_error
+from pipeline.cli.common import (
+    ERROR_EXIT, ReportingGroup, StoreOption, console, error_message, opened_store, report_error,
+)
 from pipeline.labels import EXPORT_FORMATS, FORMATS, LabelFileError, export_tasks, import_labels
 
 ImportFormat = Enum("ImportFormat", {name.replace("-", "_"): name for name in FORMATS}, type=str)
@@ -31,7 +33,24 @@ CandidatesOption = Annotated[str, typer.Option("--candidates", metavar="REF",
 InstancesOption = Annotated[str, typer.Option("--instances", metavar="REF", help="Instances the labels may name.")]
 
 
-@app.command("import")
+IMPORT_HELP = (
+    "Check a label file against the store and publish a new human_labels version with the labels so far "
+    "plus the valid new ones; print every rejected label with its reason.\n\n"
+    "CSV / Parquet columns: sample_id, instance_id (empty: the whole image), best, worst (candidate ids), "
+    "hallucination (true/false/1/0/yes/no), description, annotator; optional mask (COCO RLE JSON) and "
+    "labelled_at. Label Studio JSON exports: ranker, pairwise, choices, textarea and brush results "
+    "(see pipeline.labels.label_studio).\n\n"
+    "Exit status: 0 if a label was accepted, 1 if none was, 2 if the file or the store cannot be used."
+)
+EXPORT_HELP = (
+    "Write labelling tasks, one per instance (by sample, then instance index): crops of the instance from "
+    "every candidate, the upscaled LQ and the HR, with the mask outlined.\n\n"
+    "Image paths in tasks.json are relative to DIR: serve DIR (or upload it) and pass its URL as "
+    "--url-prefix so Label Studio can load them."
+)
+
+
+@app.command("import", help=IMPORT_HELP)
 def import_command(
     file: Annotated[str, typer.Argument(metavar="FILE", help="CSV, Parquet or Label Studio JSON export.")],
     fmt: Annotated[ImportFormat, typer.Option("--format", help="File format; auto: from the extension, else the "
@@ -43,14 +62,7 @@ def import_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and report, publish nothing.")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Check a label file against the store and publish a new human_labels version with the
-    labels so far plus the valid new ones; print every rejected label with its reason.
-
-    CSV / Parquet columns: sample_id, instance_id (empty: the whole image), best, worst
-    (candidate ids), hallucination (true/false/1/0/yes/no), description, annotator; optional
-    mask (COCO RLE JSON) and labelled_at. Label Studio: ranker, pairwise, choices, textarea
-    and brush results (see pipeline.labels.label_studio).
-    """
+    """Import a label file into a new human_labels version (help text: IMPORT_HELP)."""
     try:
         with opened_store(store) as opened:
             report = import_labels(opened, file, fmt.value, annotator, candidates=candidates, instances=instances,
@@ -79,7 +91,7 @@ def import_command(
                    f"{report.ref} holds {report.total} labels{merged}"), soft_wrap=True)
 
 
-@app.command("export")
+@app.command("export", help=EXPORT_HELP)
 def export_command(
     to: Annotated[str, typer.Option("--to", metavar="DIR", help="Destination folder (absent or empty).")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="label-studio: tasks.json + label_config.xml; "
@@ -89,17 +101,14 @@ def export_command(
     url_prefix: Annotated[str, typer.Option("--url-prefix", metavar="URL",
                                             help="Prefix of the image paths in tasks.json (where DIR is served).")
                           ] = "",
-    candidates: CandidatesOption = "sr_candidates@latest",
-    instances: InstancesOption = "instances@latest",
+    candidates: Annotated[str, typer.Option("--candidates", metavar="REF", help="Candidates to crop.")
+                          ] = "sr_candidates@latest",
+    instances: Annotated[str, typer.Option("--instances", metavar="REF", help="Instances to export.")
+                         ] = "instances@latest",
     force: Annotated[bool, typer.Option("--force", help="Write into a folder that is not empty.")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Write labelling tasks, one per instance (by sample, then instance index): crops of the
-    instance from every candidate, the upscaled LQ and the HR, with the mask outlined.
-
-    Image paths in tasks.json are relative to DIR: serve DIR (or upload it) and pass its URL
-    as --url-prefix so Label Studio can load them.
-    """
+    """Export labelling tasks (help text: EXPORT_HELP)."""
     with opened_store(store) as opened:
         report = export_tasks(opened, to, fmt.value, limit, candidates=candidates, instances=instances,
                               url_prefix=url_prefix, force=force)

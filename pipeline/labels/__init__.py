@@ -19,8 +19,22 @@ from pipeline.labels.readers import FORMATS, TEMPLATE_COLUMNS, read_labels
 from pipeline.labels.records import LabelFileError, RawLabel
 
 __all__ = [
-    "import_labels", "import_rows", "import_labels_checked", "ImportReport", "Rejection", "Catalog", "label_id",
-    "export_tasks", "ExportReport", "EXPORT_FORMATS", "label_config",
-    "read_labels", "FORMATS", "TEMPLATE_COLUMNS", "RawLabel", "LabelFileError",
-    "decode_rle", "brush_mask",
+    "EXPORT_FORMATS",
+    "FORMATS",
+    "TEMPLATE_COLUMNS",
+    "Catalog",
+    "ExportReport",
+    "ImportReport",
+    "LabelFileError",
+    "RawLabel",
+    "Rejection",
+    "brush_mask",
+    "decode_rle",
+    "export_tasks",
+    "import_labels",
+    "import_labels_checked",
+    "import_rows",
+    "label_config",
+    "label_id",
+    "read_labels",
 ]

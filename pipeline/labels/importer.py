@@ -92,7 +92,7 @@ class Catalog:
 
     @classmethod
     def load(cls, store: DatasetStore, candidates: str = "sr_candidates@latest",
-             instances: str = "instances@latest") -> "Catalog":
+             instances: str = "instances@latest") -> Catalog:
         candidates_ref, instances_ref = store.resolve(candidates), store.resolve(instances)
         table = store.read_arrow(candidates_ref, columns=["candidate_id", "sample_id"])
         candidate_sample = dict(zip(*(table.column(name).to_pylist() for name in ("candidate_id", "sample_id"))))

@@ -19,9 +19,10 @@ Accepted `result` items:
   `to_name`, conventionally `left` / `right`); candidate ids come from
   `data.<name>_candidate_id`, else `data.left_candidate_id` / `data.right_candidate_id`
   (or `left_id` / `right_id`). best = the selected side, worst = the other.
-- `choices`: a `from_name` containing "hallucination", or a choice that says it:
-  `hallucination`, `hallucinated`, `yes`, `true`, `1` -> true; `no hallucination`, `none`,
-  `no`, `false`, `0` -> false. Absent: false.
+- `choices`: from a control whose `from_name` contains "hallucination": `hallucination`,
+  `hallucinated`, `yes`, `true`, `1` -> true; `no hallucination`, `not hallucinated`, `none`,
+  `no`, `false`, `0` -> false. From any other control only the choices that mention
+  hallucination count. Absent: false.
 - `textarea`: `value.text` lines, joined with newlines, are the description.
 - `brushlabels` with `value.format == "rle"`: Label Studio's RLE of the RGBA image of
   `original_width` x `original_height` (pipeline.labels.lsrle); the alpha channel is the
@@ -148,16 +149,21 @@ def _pairwise(value: dict, result: dict, data: dict) -> tuple[str | None, str | 
 
 
 def _hallucination(value: dict, result: dict) -> bool | None:
-    """The hallucination flag a choices result states, None if it is about something else."""
+    """The hallucination flag a choices result states, None if it is about something else.
+
+    Plain yes/no/true/false/1/0 count only from a control named like "hallucination"; the
+    words "hallucination" / "no hallucination" (and the like) count from any control."""
     about = "hallucinat" in str(result.get("from_name") or "").lower()
     found = None
     for choice in value.get("choices") or []:
         word = " ".join(str(choice).lower().replace("_", " ").replace("-", " ").split())
+        if "hallucinat" not in word and not about:
+            continue
         if word in HALLUCINATION_YES:
             found = True
         elif word in HALLUCINATION_NO:
             found = bool(found)
-        elif about:
+        else:
             raise Problem(f"unknown hallucination choice {str(choice)[:40]!r}")
     return found
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["decode_rle", "brush_mask"]
+__all__ = ["brush_mask", "decode_rle"]
 
 HEADER_BITS = 32 + 5 + 4 * 4
 # Refuse to allocate more than this many values for one brush result (a 16k x 16k RGBA image).
@@ -58,7 +58,7 @@ class _Bits:
         return block @ weights
 
 
-def _as_bytes(rle: "Sequence[int] | bytes | bytearray") -> bytes:
+def _as_bytes(rle: Sequence[int] | bytes | bytearray) -> bytes:
     if isinstance(rle, (bytes, bytearray)):
         return bytes(rle)
     try:
@@ -70,7 +70,7 @@ def _as_bytes(rle: "Sequence[int] | bytes | bytearray") -> bytes:
     return bytes(values)
 
 
-def decode_rle(rle: "Sequence[int] | bytes", expected: int | None = None) -> np.ndarray:
+def decode_rle(rle: Sequence[int] | bytes, expected: int | None = None) -> np.ndarray:
     """The flat array of values a Label Studio RLE encodes (uint8 for word sizes up to 8).
 
     `expected`: the number of values the caller needs (width * height * 4); checked against
@@ -101,7 +101,7 @@ def decode_rle(rle: "Sequence[int] | bytes", expected: int | None = None) -> np.
     return out
 
 
-def brush_mask(rle: "Sequence[int] | bytes", width: int, height: int) -> np.ndarray:
+def brush_mask(rle: Sequence[int] | bytes, width: int, height: int) -> np.ndarray:
     """(height, width) bool mask of a brush result: the alpha channel of its RGBA image, > 0."""
     width, height = int(width), int(height)
     if width <= 0 or height <= 0:

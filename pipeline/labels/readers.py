@@ -111,7 +111,8 @@ def read_label_studio(path: Path, annotator: str | None = None) -> tuple[list[Ra
     return read_tasks(tasks, annotator, name=path.name)
 
 
-def read_labels(path: "str | Path", format: str = "auto", annotator: str | None = None) -> tuple[str, list[RawLabel], int]:
+def read_labels(path: str | Path, format: str = "auto",
+                annotator: str | None = None) -> tuple[str, list[RawLabel], int]:
     """(format used, labels, skipped) of a label file. Raises LabelFileError, FileNotFoundError."""
     path = Path(path)
     if format not in FORMATS:

@@ -11,7 +11,9 @@ from pipeline.stages.sample import SampleStage
 from pipeline.stages.segment import SegmentStage
 
 STAGES: dict[str, Stage] = {
-    stage.name: stage for stage in (IngestStage(), DegradeStage(), SampleStage(), SegmentStage(), ScoreStage(), RankStage(), CaptionStage())
+    stage.name: stage for stage in (
+        IngestStage(), DegradeStage(), SampleStage(), SegmentStage(), ScoreStage(), RankStage(), CaptionStage(),
+    )
 }
 
 #: The whole DAG in order (ARCHITECTURE.md); `dspo run` names the stages not yet in STAGES.

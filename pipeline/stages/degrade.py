@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dspo_core.degradation import degrade
-from pipeline.catalog import LQ_PAIRS
+from pipeline.catalog import stable_id, LQ_PAIRS
 from pipeline.config import DegradeConfig, PipelineConfig
 from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
 from storage import DatasetStore, decode_image, image_cell
@@ -49,7 +49,7 @@ class DegradeStage(Stage):
                     quarantine.append({"item": record["image_id"], "reason": str(exc)})
                     break
                 rows.append({
-                    "sample_id": hashlib.sha256(f"{record['image_id']}:{seed}".encode()).hexdigest()[:20],
+                    "sample_id": stable_id("sample", record["image_id"], seed),
                     "image_id": record["image_id"], "split": record["split"],
                     "crop_top": params.crop.top, "crop_left": params.crop.left,
                     "crop_height": params.crop.height, "crop_width": params.crop.width,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dspo_core.sr import SRBackbone, build_backbone
-from pipeline.catalog import SR_CANDIDATES
+from pipeline.catalog import stable_id, SR_CANDIDATES
 from pipeline.config import CandidateSource, PipelineConfig, SampleConfig
 from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
@@ -76,7 +76,7 @@ class SampleStage(Stage):
                 outputs = backbone.sample([lq_images[sample_id] for sample_id in order], resolved)
                 for sample_id, candidate_settings, image in zip(order, resolved, outputs):
                     rows.append({
-                        "candidate_id": hashlib.sha256(f"{sample_id}:{index}".encode()).hexdigest()[:20],
+                        "candidate_id": stable_id("candidate", sample_id, index),
                         "sample_id": sample_id, "candidate_index": index, "backbone": backbone.name,
                         "weights_id": backbone.weights_id, "seed": candidate_settings.seed,
                         "settings": candidate_settings.model_dump_json(), "image": image_cell(image),

@@ -76,7 +76,8 @@ class ScoreStage(Stage):
             hr = np.asarray(decode_image(hr_rows[sample_id][0]["hr"]).convert("RGB"))
             images = np.stack([np.asarray(decode_image(row["image"]).convert("RGB")) for row in candidates])
             if images.shape[1:] != hr.shape:
-                quarantine.append({"item": sample_id, "reason": f"candidates are {images.shape[1:3]}, HR {hr.shape[:2]}"})
+                quarantine.append({"item": sample_id,
+                                   "reason": f"candidates are {images.shape[1:3]}, HR {hr.shape[:2]}"})
                 continue
             raw = scorer.score_instances(images, hr, [rle.decode(row["mask"]) for row in instances])
             # Min-max needs every candidate's value: a metric undefined on one candidate of an

@@ -6,7 +6,6 @@ fallback (felzenszwalb superpixels) is used and named in the log and the manifes
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from dspo_core.segment import SAM_CHECKPOINT_FILES, Segmenter, SegmenterConfig, build_segmenter
 from pipeline import models
-from pipeline.catalog import INSTANCES
+from pipeline.catalog import stable_id, INSTANCES
 from pipeline.config import PipelineConfig, SegmentConfig
 from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
@@ -102,7 +101,7 @@ class SegmentStage(Stage):
                 continue
             for index, record in enumerate(records):
                 rows.append({
-                    "instance_id": hashlib.sha256(f"{sample['sample_id']}:{index}".encode()).hexdigest()[:20],
+                    "instance_id": stable_id("instance", sample["sample_id"], index),
                     "sample_id": sample["sample_id"], "index": index, "mask": record.mask, "bbox": record.bbox,
                     "area": record.area, "weight": record.weight, "predicted_iou": record.predicted_iou,
                     "stability_score": record.stability_score, "source": record.source, "anchor": section.anchor,

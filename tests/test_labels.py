@@ -1,0 +1,419 @@
+"""Human labels: CSV / Parquet / Label Studio import into `human_labels`, validation against a
+store built by the real stages (test profile), and the labelling-task export round trip."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from dspo_core.segment import rle
+from pipeline.catalog import HUMAN_LABELS
+from pipeline.cli.labels import app
+from pipeline.config import load_config
+from pipeline.labels import decode_rle, import_labels, import_rows, label_id
+from pipeline.labels.export import OUTLINE
+from pipeline.stage import run_stage
+from pipeline.stages import STAGES
+from storage import DatasetStore
+
+COLUMNS = ["sample_id", "instance_id", "best", "worst", "hallucination", "description", "annotator"]
+
+
+@dataclass
+class World:
+    root: Path
+    samples: list[str]                    # sorted sample ids
+    candidates: dict[str, list[str]]      # sample -> candidate ids by candidate_index
+    instances: dict[str, list[dict]]      # sample -> instance rows by index
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    """ingest -> degrade -> sample -> segment with the test profile, once per module."""
+    root = tmp_path_factory.mktemp("labels") / "store"
+    store = DatasetStore(str(root))
+    config = load_config("test")
+    for name in ("ingest", "degrade", "sample", "segment"):
+        run_stage(STAGES[name], store, config)
+    candidates: dict[str, list[str]] = {}
+    for row in sorted(store.read_arrow("sr_candidates@latest", columns=["candidate_id", "sample_id",
+                                                                         "candidate_index"]).to_pylist(),
+                      key=lambda r: r["candidate_index"]):
+        candidates.setdefault(row["sample_id"], []).append(row["candidate_id"])
+    instances: dict[str, list[dict]] = {}
+    for row in sorted(store.read_arrow("instances@latest", columns=["instance_id", "sample_id", "index", "bbox",
+                                                                     "mask"]).to_pylist(),
+                      key=lambda r: r["index"]):
+        instances.setdefault(row["sample_id"], []).append(row)
+    store.close()
+    return World(root, sorted(candidates), candidates, instances)
+
+
+@pytest.fixture
+def store(world, tmp_path):
+    """A private copy of the module's store, so each test starts without human_labels."""
+    shutil.copytree(world.root, tmp_path / "store")
+    opened = DatasetStore(str(tmp_path / "store"))
+    yield opened
+    opened.close()
+
+
+def invoke(store: DatasetStore, *args: str):
+    return CliRunner().invoke(app, [*args, "--store", store.uri])
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({column: row.get(column, "") for column in COLUMNS})
+    return path
+
+
+def good_rows(world: World, count: int, annotator: str = "alice", start: int = 0) -> list[dict]:
+    """`count` valid labels on distinct instances (worst = last candidate, best = first)."""
+    rows = []
+    pairs = [(s, i) for s in world.samples for i in world.instances[s]]
+    for sample, instance in pairs[start:start + count]:
+        ids = world.candidates[sample]
+        rows.append({"sample_id": sample, "instance_id": instance["instance_id"], "best": ids[0],
+                     "worst": ids[-1], "hallucination": "no", "description": "", "annotator": annotator})
+    return rows
+
+
+def rejected_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("rejected ")]
+
+
+def test_csv_import_publishes_v1(world, store, tmp_path):
+    s0, s1 = world.samples[:2]
+    c0, c1 = world.candidates[s0], world.candidates[s1]
+    i0 = world.instances[s0][0]["instance_id"]
+    rows = [
+        {"sample_id": s0, "instance_id": i0, "best": c0[1], "worst": c0[2], "hallucination": "YES",
+         "description": "invented fur", "annotator": "alice"},
+        {"sample_id": s1, "instance_id": "", "best": c1[0], "worst": c1[3], "hallucination": "0"},
+        {"sample_id": s0, "instance_id": i0, "best": c0[0], "worst": c0[3], "hallucination": "true",
+         "annotator": "bob"},
+    ]
+    result = invoke(store, "import", str(write_csv(tmp_path / "labels.csv", rows)), "--annotator", "carol")
+    assert result.exit_code == 0, result.output
+    assert "human_labels@v1" in result.stdout and "3 accepted, 0 rejected" in result.stdout
+    assert "1 hallucination flag(s) without a description" in result.stdout
+    table = store.read_arrow("human_labels@v1")
+    assert table.schema.names == HUMAN_LABELS.names
+    got = {(r["annotator"], r["sample_id"], r["instance_id"]): r for r in table.to_pylist()}
+    assert set(got) == {("alice", s0, i0), ("carol", s1, None), ("bob", s0, i0)}
+    alice = got[("alice", s0, i0)]
+    assert (alice["best"], alice["worst"], alice["hallucination"], alice["description"]) == (c0[1], c0[2], True,
+                                                                                             "invented fur")
+    assert alice["label_id"] == label_id("alice", s0, i0) and alice["source"] == "csv" and alice["mask"] is None
+    assert got[("carol", s1, None)]["hallucination"] is False
+    manifest = store.manifest("human_labels@v1")
+    assert manifest["inputs"] == ["sr_candidates@v1", "instances@v1"]
+    assert manifest["metadata"]["source_file"] == "labels.csv"
+    assert manifest["metadata"]["counts"]["read"] == 3 and manifest["metadata"]["counts"]["accepted"] == 3
+
+
+def test_bad_rows_are_reported_and_good_rows_kept(world, store, tmp_path):
+    good = good_rows(world, 45) + good_rows(world, 45, annotator="bob")  # 10% bad
+    s0, s1 = world.samples[:2]
+    i0, i1 = world.instances[s0][0]["instance_id"], world.instances[s1][0]["instance_id"]
+    c0, c1 = world.candidates[s0], world.candidates[s1]
+    first = good[0]
+    bad = [  # (row, offending id, reason fragment)
+        ({**first, "sample_id": "nosuchsample"}, "nosuchsample", "unknown sample"),
+        ({**first, "best": "nosuchcandidate"}, "nosuchcandidate", "unknown best candidate"),
+        ({**first, "worst": c1[1]}, c1[1], f"worst candidate belongs to sample {s1}"),
+        ({**first, "worst": first["best"]}, first["best"], "same candidate"),
+        ({**first, "best": c0[2]}, i0, "contradicts the label by alice in line 2"),
+        (dict(first), i0, "duplicate of the label by alice in line 2"),
+        ({**first, "instance_id": "nosuchinstance"}, "nosuchinstance", "unknown instance"),
+        ({**first, "instance_id": i1}, i1, f"instance of sample {s1}"),
+        ({**first, "hallucination": "maybe"}, i0, "hallucination must be true/false"),
+        ({**first, "annotator": "", "instance_id": world.instances[s0][1]["instance_id"]},
+         world.instances[s0][1]["instance_id"], "no annotator"),
+    ]
+    rows = good[:1] + [row for row, _, _ in bad] + good[1:]
+    result = invoke(store, "import", str(write_csv(tmp_path / "mixed.csv", rows)))
+    assert result.exit_code == 0, result.output
+    lines = rejected_lines(result)
+    assert len(lines) == len(bad)
+    for number, (line, (_, item, reason)) in enumerate(zip(lines, bad), start=3):
+        assert line.startswith(f"rejected line {number}: {item}: "), line
+        assert reason in line, (line, reason)
+    table = store.read_arrow("human_labels@latest").to_pylist()
+    assert len(table) == len(good)
+    assert {(r["annotator"], r["instance_id"]) for r in table} == {(r["annotator"], r["instance_id"]) for r in good}
+    metadata = store.manifest("human_labels@v1")["metadata"]
+    assert metadata["counts"] == {"read": len(rows), "accepted": len(good), "rejected": len(bad), "skipped": 0,
+                                  "hallucination_without_description": 0, "total": len(good)}
+    assert [item["id"] for item in metadata["rejected"]] == [item for _, item, _ in bad]
+
+
+def test_second_import_adds_to_the_first(world, store, tmp_path):
+    first = good_rows(world, 5)
+    assert invoke(store, "import", str(write_csv(tmp_path / "a.csv", first))).exit_code == 0
+    s0 = first[0]["sample_id"]
+    contradiction = {**first[0], "best": world.candidates[s0][1]}
+    second = good_rows(world, 4, start=5) + [contradiction]
+    result = invoke(store, "import", str(write_csv(tmp_path / "b.csv", second)))
+    assert result.exit_code == 0, result.output
+    [line] = rejected_lines(result)
+    assert f"line 6: {first[0]['instance_id']}: contradicts the label by alice in human_labels@v1" in line
+    v1, v2 = store.read_arrow("human_labels@v1").to_pylist(), store.read_arrow("human_labels@v2").to_pylist()
+    assert v2[:5] == v1 and len(v2) == 9
+    assert {r["instance_id"] for r in v2[5:]} == {r["instance_id"] for r in second[:4]}
+    assert store.manifest("human_labels@v2")["inputs"] == ["sr_candidates@v1", "instances@v1", "human_labels@v1"]
+
+
+def test_parquet_import(world, store, tmp_path):
+    rows = good_rows(world, 3)
+    for row in rows:
+        row["hallucination"] = True
+        row["description"] = "extra windows"
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "labels.parquet")
+    dry = import_labels(store, tmp_path / "labels.parquet", dry_run=True)
+    assert (dry.ref, dry.accepted) == (None, 3) and "human_labels" not in store.datasets()
+    report = import_labels(store, tmp_path / "labels.parquet")
+    assert (report.format, report.ref, report.accepted, report.rejected) == ("parquet", "human_labels@v1", 3, [])
+    table = store.read_arrow("human_labels@v1").to_pylist()
+    assert all(r["hallucination"] and r["source"] == "parquet" for r in table)
+
+
+def test_all_bad_file_exits_1(world, store, tmp_path):
+    rows = [{**row, "best": "nosuch"} for row in good_rows(world, 3)]
+    result = invoke(store, "import", str(write_csv(tmp_path / "bad.csv", rows)))
+    assert result.exit_code == 1
+    assert len(rejected_lines(result)) == 3 and "nothing published" in result.stderr
+    assert "human_labels" not in store.datasets()
+
+
+def test_unusable_files_exit_2(store, tmp_path):
+    result = invoke(store, "import", str(tmp_path / "missing.csv"))
+    assert result.exit_code == 2 and result.stderr.startswith("error: no such file")
+    (tmp_path / "cols.csv").write_text("sample_id,best\nx,y\n")
+    result = invoke(store, "import", str(tmp_path / "cols.csv"))
+    assert result.exit_code == 2 and "missing column(s) worst" in result.stderr
+    (tmp_path / "broken.json").write_text("[{")
+    assert invoke(store, "import", str(tmp_path / "broken.json")).exit_code == 2
+
+
+# ----------------------------------------------------------------- Label Studio
+def ls_encode(values, word_size: int = 8, rle_sizes=(3, 4, 8, 16)) -> list[int]:
+    """Label Studio's brush RLE of a flat array: the inverse of decode_rle, written independently."""
+    values = [int(v) for v in values]
+    bits = [f"{len(values):032b}", f"{word_size - 1:05b}", *(f"{size - 1:04b}" for size in rle_sizes)]
+    longest = 2 ** max(rle_sizes)
+
+    def run_length(count: int) -> str:
+        selector = next(i for i, size in enumerate(rle_sizes) if count - 1 < 2 ** size)
+        return f"{selector:02b}" + format(count - 1, f"0{rle_sizes[selector]}b")
+
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i] and j + 1 - i < longest:
+            j += 1
+        if j > i:
+            bits += ["1", run_length(j - i + 1), format(values[i], f"0{word_size}b")]
+            i = j + 1
+            continue
+        block = []
+        while i < len(values) and len(block) < longest and not (i + 1 < len(values) and values[i + 1] == values[i]):
+            block.append(values[i])
+            i += 1
+        bits += ["0", run_length(len(block)), *(format(v, f"0{word_size}b") for v in block)]
+    text = "".join(bits)
+    text += "0" * (-len(text) % 8)
+    return [int(text[k:k + 8], 2) for k in range(0, len(text), 8)]
+
+
+def brush_result(mask: np.ndarray) -> dict:
+    """A brushlabels result of `mask` as Label Studio writes it (RGBA, alpha = the region)."""
+    rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    rgba[mask] = (255, 0, 255, 255)
+    return {"type": "brushlabels", "from_name": "region", "to_name": "image",
+            "original_width": mask.shape[1], "original_height": mask.shape[0],
+            "value": {"format": "rle", "rle": ls_encode(rgba.ravel()), "brushlabels": ["hallucination"]}}
+
+
+def test_ls_rle_decoder():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.zeros(1000), rng.integers(0, 256, 300), np.full(70000, 7), [1, 1, 2]]).astype(int)
+    np.testing.assert_array_equal(decode_rle(ls_encode(values)), values)
+    mask = np.zeros((37, 53), dtype=bool)
+    mask[5:20, 10:40] = True
+    mask[30, 50] = True
+    from pipeline.labels import brush_mask
+
+    np.testing.assert_array_equal(brush_mask(brush_result(mask)["value"]["rle"], 53, 37), mask)
+    with pytest.raises(ValueError, match="expected"):
+        decode_rle(ls_encode(values), expected=5)
+    with pytest.raises(ValueError, match="truncated"):
+        decode_rle(ls_encode(values)[:40])
+
+
+def annotation(*results, who="ann@example.org", **extra) -> dict:
+    return {"completed_by": who, "result": list(results), "created_at": "2025-01-02T03:04:05Z", **extra}
+
+
+def ranker(value) -> dict:
+    return {"type": "ranker", "from_name": "rank", "to_name": "candidates", "value": {"ranker": value}}
+
+
+def test_label_studio_import(world, store, tmp_path):
+    pairs = [(s, row["instance_id"]) for s in world.samples for row in world.instances[s]][:9]
+    inst = [instance for _, instance in pairs]
+    cands = [world.candidates[sample] for sample, _ in pairs]
+    data = [{"sample_id": sample, "instance_id": instance} for sample, instance in pairs]
+    frame = tuple(world.instances[pairs[5][0]][0]["mask"]["size"])
+    drawn = np.zeros((60, 80), dtype=bool)           # drawn on a 2x-zoomed 40x30 crop at (20, 15)
+    drawn[10:30, 20:60] = True
+    expected_crop = np.zeros(tuple(world.instances[pairs[4][0]][0]["mask"]["size"]), dtype=bool)
+    expected_crop[20:30, 30:50] = True
+    whole = np.zeros(frame, dtype=bool)
+    yy, xx = np.mgrid[:frame[0], :frame[1]]
+    whole[(yy - 60) ** 2 + (xx - 50) ** 2 < 300] = True
+    hallucination = {"type": "choices", "from_name": "hallucination", "value": {"choices": ["hallucination"]}}
+    c0, c1, c2, c3, c4, c5 = cands[:6]
+    tasks = [
+        {"id": 11, "data": data[0], "annotations": [annotation(
+            ranker([c0[2], c0[0], c0[1], c0[3]]), hallucination,
+            {"type": "textarea", "from_name": "description", "value": {"text": ["fur that is not there"]}},
+            who={"id": 7, "email": "ann@example.org"})]},
+        {"data": data[1], "annotations": [annotation(
+            ranker({"rank": [c1[1], c1[2], c1[3], c1[0]]}),
+            {"type": "choices", "from_name": "hallucination", "value": {"choices": ["no hallucination"]}}, who=12)]},
+        {"data": data[2], "annotations": [annotation(ranker({"best": [c2[3]], "worst": [c2[2]], "_": c2[:2]}))]},
+        {"data": {**data[3], "left_candidate_id": c3[0], "right_candidate_id": c3[1]}, "annotations": [annotation(
+            {"type": "pairwise", "from_name": "pw", "to_name": "left,right", "value": {"selected": "right"}})]},
+        {"data": {**data[4], "crop_box": [20, 15, 40, 30]}, "annotations": [annotation(
+            ranker(c4), brush_result(drawn))]},
+        {"data": data[5], "annotations": [annotation(ranker([c5[1], c5[0]]), brush_result(whole))]},
+        {"data": data[6], "annotations": [annotation(ranker(cands[6][:2]), was_cancelled=True)]},
+        {"data": data[7]},
+        {"data": data[8], "annotations": [annotation(hallucination)]},
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(tasks))
+    result = invoke(store, "import", str(path))
+    assert result.exit_code == 0, result.output
+    assert "6 accepted, 1 rejected, 2 skipped" in result.stdout
+    assert rejected_lines(result) == [
+        f"rejected task 9: {inst[8]}: no ranker or pairwise result: nothing says which candidate is best"]
+    rows = {r["instance_id"]: r for r in store.read_arrow("human_labels@v1").to_pylist()}
+    assert set(rows) == set(inst[:6])
+    first = rows[inst[0]]
+    assert (first["best"], first["worst"], first["hallucination"], first["description"], first["annotator"],
+            first["source"]) == (c0[2], c0[3], True, "fur that is not there", "ann@example.org", "label-studio")
+    assert first["labelled_at"].isoformat() == "2025-01-02T03:04:05+00:00"
+    assert (rows[inst[1]]["best"], rows[inst[1]]["worst"], rows[inst[1]]["annotator"]) == (c1[1], c1[0], "12")
+    assert not rows[inst[1]]["hallucination"]
+    assert (rows[inst[2]]["best"], rows[inst[2]]["worst"]) == (c2[3], c2[2])
+    assert (rows[inst[3]]["best"], rows[inst[3]]["worst"]) == (c3[1], c3[0])
+    np.testing.assert_array_equal(rle.decode(rows[inst[4]]["mask"]), expected_crop)
+    np.testing.assert_array_equal(rle.decode(rows[inst[5]]["mask"]), whole)
+    assert rows[inst[2]]["mask"] is None
+
+
+# ----------------------------------------------------------------- export
+def test_export_round_trip(world, store, tmp_path):
+    folder = tmp_path / "tasks"
+    result = invoke(store, "export", "--to", str(folder), "--limit", "5")
+    assert result.exit_code == 0, result.output
+    tasks = json.loads((folder / "tasks.json").read_text())
+    assert (folder / "label_config.xml").read_text().count("<Image name=\"candidate_") == 4
+    expected = [(s, row["instance_id"]) for s in world.samples for row in world.instances[s]][:5]
+    assert [(t["data"]["sample_id"], t["data"]["instance_id"]) for t in tasks] == expected
+    from PIL import Image
+
+    for task in tasks:
+        data = task["data"]
+        sample = data["sample_id"]
+        assert data["candidate_ids"] == world.candidates[sample] == [item["id"] for item in data["items"]]
+        x, y, w, h = data["crop_box"]
+        size = (w * data["zoom"], h * data["zoom"])
+        paths = [data[f"candidate_{i}"] for i in range(4)] + [data["lq"], data["hr"]]
+        assert paths[:4] == data["files"]["candidates"] and not any(p.startswith("/") for p in paths)
+        for relative in paths:
+            image = Image.open(folder / relative)
+            assert image.size == size and image.mode == "RGB"
+            assert (np.asarray(image) == OUTLINE).all(axis=2).any()  # the mask outline is drawn
+    # Simulate an annotator in Label Studio: rank reversed, flag and draw on the first task.
+    drawn_task = tasks[0]["data"]
+    x, y, w, h = drawn_task["crop_box"]
+    zoom = drawn_task["zoom"]
+    drawn = np.zeros((h * zoom, w * zoom), dtype=bool)
+    drawn[: 2 * zoom, : 3 * zoom] = True
+    for index, task in enumerate(tasks):
+        results = [ranker({"rank": task["data"]["candidate_ids"][::-1]})]
+        if index == 0:
+            results += [{"type": "choices", "from_name": "hallucination", "value": {"choices": ["hallucination"]}},
+                        brush_result(drawn)]
+        task["annotations"] = [annotation(*results)]
+    (folder / "done.json").write_text(json.dumps(tasks))
+    result = invoke(store, "import", str(folder / "done.json"))
+    assert result.exit_code == 0, result.output
+    rows = store.read_arrow("human_labels@v1").to_pylist()
+    assert [(r["sample_id"], r["instance_id"]) for r in rows] == expected
+    assert all((r["best"], r["worst"]) == (world.candidates[r["sample_id"]][-1], world.candidates[r["sample_id"]][0])
+               for r in rows)
+    full = np.zeros(tuple(drawn_task["frame_size"]), dtype=bool)
+    full[y:y + 2, x:x + 3] = True
+    np.testing.assert_array_equal(rle.decode(rows[0]["mask"]), full)
+    assert rows[0]["hallucination"] and sum(r["hallucination"] for r in rows) == 1
+
+
+def test_folder_export_template_imports(world, store, tmp_path):
+    folder = tmp_path / "folder"
+    assert invoke(store, "export", "--to", str(folder), "--format", "folder", "--limit", "3").exit_code == 0
+    with open(folder / "tasks.csv", newline="") as handle:
+        template = list(csv.DictReader(handle))
+    assert list(template[0])[:7] == COLUMNS and len(template) == 3
+    for row in template:
+        letters = dict(item.split("=") for item in row["candidates"].split())
+        row.update(best=letters["B"], worst=letters["D"], annotator="dora")
+        assert (folder / row["images"] / "hr.png").is_file()
+    with open(folder / "filled.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(template[0]))
+        writer.writeheader()
+        writer.writerows(template)
+    report = import_labels(store, folder / "filled.csv")
+    assert report.accepted == 3 and not report.rejected
+    assert invoke(store, "export", "--to", str(folder)).exit_code == 2  # not empty
+
+
+def test_concurrent_import_is_merged(world, store):
+    assert import_rows(store, good_rows(world, 2)).ref == "human_labels@v1"
+    target = good_rows(world, 1, annotator="bob", start=2)[0]
+    sample = target["sample_id"]
+    theirs = [target, *good_rows(world, 1, annotator="bob", start=3)]
+    ours = [{**target, "best": world.candidates[sample][1]}, *good_rows(world, 1, annotator="carl", start=4)]
+    real_publish, raced = store.publish, []
+
+    def racing_publish(name, data, **kwargs):
+        if name == "human_labels" and not raced:
+            raced.append(True)
+            other = DatasetStore(store.uri)
+            assert import_rows(other, theirs).ref == "human_labels@v2"
+            other.close()
+        return real_publish(name, data, **kwargs)
+
+    store.publish = racing_publish
+    report = import_rows(store, ours)
+    assert report.ref == "human_labels@v4" and report.merged == ["human_labels@v2"]
+    assert report.accepted == 1 and "contradicts" in report.rejected[0].reason
+    latest = store.read_arrow("human_labels@latest").to_pylist()
+    keys = {(r["annotator"], r["instance_id"]): r["best"] for r in latest}
+    assert len(latest) == 5 and keys[("bob", target["instance_id"])] == target["best"]
+    assert ("carl", ours[1]["instance_id"]) in keys
