@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from dspo_core.iqa import WEIGHT_FREE_METRICS, missing_weights
 from pipeline import models
 from pipeline.config import PipelineConfig
 from pipeline.fetch import cache_path, is_fetched
@@ -81,7 +82,20 @@ def profile_models(config: PipelineConfig) -> list[ModelUse]:
             uses.append(_path_use("segment: SAM", segmenter.sam.checkpoint, if_missing))
         elif segmenter.sam.model_type in _SAM_IDS:
             uses.append(_catalog_use("segment: SAM", _SAM_IDS[segmenter.sam.model_type], if_missing))
+    for metric in config.score.iqa.metrics:
+        if metric not in WEIGHT_FREE_METRICS:
+            uses.append(_metric_use(metric))
     return uses
+
+
+def _metric_use(metric: str) -> ModelUse:
+    """A learned pyiqa metric: the catalog entry when there is one, else what building it
+    offline reports (dspo_core.iqa checks every file pyiqa would download, and never does)."""
+    if f"pyiqa-{metric}" in models.CATALOG:
+        return _catalog_use(f"score: metric {metric}", f"pyiqa-{metric}", "error")
+    missing = missing_weights(metric)
+    return ModelUse(f"score: metric {metric}", f"pyiqa {metric}", missing.path if missing else None,
+                    missing is None, 0, "error")
 
 
 def verify_file(path: str) -> str | None:

@@ -136,3 +136,17 @@ def test_pull_preferences_with_images_as_hf(ranked, tmp_path):
     winner = store.read_pandas("sr_candidates@latest").set_index("candidate_id").loc[row["winner_id"], "image"]
     np.testing.assert_array_equal(np.asarray(row["winner"]), np.asarray(decode_image(winner)))
     assert len(loaded) == results["caption"].rows
+
+
+def test_caption_with_a_real_transformers_captioner(ranked, tmp_path):
+    from dspo_core.feedback import build_tiny_captioner
+
+    store, config, results = ranked
+    model_dir = build_tiny_captioner(str(tmp_path / "tiny-blip"), kind="blip")
+    with_model = load_config("test", {"caption.captioner": {"model": model_dir, "name": "tiny-blip"}})
+    result = run_stage(STAGES["caption"], store, with_model, inputs={"pairs": results["rank"].ref})
+    prefs = store.read_pandas(result.ref)
+    assert (prefs["feedback_source"] == "captioner:tiny-blip").all()
+    assert prefs["negative_text"].str.len().gt(0).all()
+    metadata = store.manifest(result.ref)["metadata"]
+    assert metadata["captioner"] is not None and metadata["fallback"] is None
