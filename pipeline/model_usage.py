@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from dspo_core.iqa import WEIGHT_FREE_METRICS, missing_weights
+from dspo_core.iqa.config import WEIGHT_FREE_METRICS
 from pipeline import models
 from pipeline.config import PipelineConfig
 from pipeline.fetch import cache_path, is_fetched
@@ -93,6 +93,8 @@ def _metric_use(metric: str) -> ModelUse:
     offline reports (dspo_core.iqa checks every file pyiqa would download, and never does)."""
     if f"pyiqa-{metric}" in models.CATALOG:
         return _catalog_use(f"score: metric {metric}", f"pyiqa-{metric}", "error")
+    from dspo_core.iqa import missing_weights  # builds the metric: imports torch and pyiqa
+
     missing = missing_weights(metric)
     return ModelUse(f"score: metric {metric}", f"pyiqa {metric}", missing.path if missing else None,
                     missing is None, 0, "error")

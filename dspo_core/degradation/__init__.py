@@ -10,51 +10,45 @@ Typical use::
 ``sample_params`` and ``apply`` are the two halves of ``degrade``.
 """
 
-from .config import KERNEL_TYPES, DegradationConfig
-from .kernels import (
-    build_kernel,
-    circular_lowpass_kernel,
-    gaussian_kernel,
-    generalized_gaussian_kernel,
-    mesh_grid,
-    plateau_kernel,
-    sigma_matrix,
-)
-from .params import (
-    RECORD_VERSION,
-    CropParams,
-    DegradationParams,
-    FinalParams,
-    KernelParams,
-    NoiseParams,
-    ResizeParams,
-    StageParams,
-)
-from .pipeline import PARAMS_KEY, apply, degrade, replay
-from .sampling import crop_size, sample_params
+import importlib
 
-__all__ = [
-    "KERNEL_TYPES",
-    "PARAMS_KEY",
-    "RECORD_VERSION",
-    "CropParams",
-    "DegradationConfig",
-    "DegradationParams",
-    "FinalParams",
-    "KernelParams",
-    "NoiseParams",
-    "ResizeParams",
-    "StageParams",
-    "apply",
-    "build_kernel",
-    "circular_lowpass_kernel",
-    "crop_size",
-    "degrade",
-    "gaussian_kernel",
-    "generalized_gaussian_kernel",
-    "mesh_grid",
-    "plateau_kernel",
-    "replay",
-    "sample_params",
-    "sigma_matrix",
-]
+# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
+# name (a config class) does not import torch.
+_EXPORTS = {
+    "KERNEL_TYPES": ".config",
+    "DegradationConfig": ".config",
+    "build_kernel": ".kernels",
+    "circular_lowpass_kernel": ".kernels",
+    "gaussian_kernel": ".kernels",
+    "generalized_gaussian_kernel": ".kernels",
+    "mesh_grid": ".kernels",
+    "plateau_kernel": ".kernels",
+    "sigma_matrix": ".kernels",
+    "RECORD_VERSION": ".params",
+    "CropParams": ".params",
+    "DegradationParams": ".params",
+    "FinalParams": ".params",
+    "KernelParams": ".params",
+    "NoiseParams": ".params",
+    "ResizeParams": ".params",
+    "StageParams": ".params",
+    "PARAMS_KEY": ".pipeline",
+    "apply": ".pipeline",
+    "degrade": ".pipeline",
+    "replay": ".pipeline",
+    "crop_size": ".sampling",
+    "sample_params": ".sampling",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_EXPORTS])
+
+
+__all__ = sorted([*_EXPORTS])

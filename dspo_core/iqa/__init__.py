@@ -15,38 +15,42 @@ families are averaged 50/50 (DP2O-SR). Pixel-wise metrics are pooled inside the 
 metrics run only from locally cached weights (``weights``): never a download.
 """
 
-from .config import DEFAULT_METRICS, MIN_SIZES, WEIGHT_FREE_METRICS, IQAConfig
-from .maps import MASKED_MAP_METRICS, masked_map_scores
-from .reward import RewardRecord, normalise, reward
-from .scoring import IQAScorer, MetricInfo, ScoreRecord, check_inputs, score_instances
-from .weights import (
-    MissingWeightsError,
-    clear_metric_cache,
-    load_metric,
-    missing_weights,
-    offline_guard,
-    weights_present,
-)
+import importlib
 
-__all__ = [
-    "DEFAULT_METRICS",
-    "MASKED_MAP_METRICS",
-    "MIN_SIZES",
-    "WEIGHT_FREE_METRICS",
-    "IQAConfig",
-    "IQAScorer",
-    "MetricInfo",
-    "MissingWeightsError",
-    "RewardRecord",
-    "ScoreRecord",
-    "check_inputs",
-    "clear_metric_cache",
-    "load_metric",
-    "masked_map_scores",
-    "missing_weights",
-    "normalise",
-    "offline_guard",
-    "reward",
-    "score_instances",
-    "weights_present",
-]
+# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
+# name (a config class) does not import torch, diffusers or pyiqa.
+_EXPORTS = {
+    "DEFAULT_METRICS": ".config",
+    "MIN_SIZES": ".config",
+    "WEIGHT_FREE_METRICS": ".config",
+    "IQAConfig": ".config",
+    "MASKED_MAP_METRICS": ".maps",
+    "masked_map_scores": ".maps",
+    "RewardRecord": ".rewards",
+    "normalise": ".rewards",
+    "reward": ".rewards",
+    "IQAScorer": ".scoring",
+    "MetricInfo": ".scoring",
+    "ScoreRecord": ".scoring",
+    "check_inputs": ".scoring",
+    "score_instances": ".scoring",
+    "MissingWeightsError": ".weights",
+    "clear_metric_cache": ".weights",
+    "load_metric": ".weights",
+    "missing_weights": ".weights",
+    "offline_guard": ".weights",
+    "weights_present": ".weights",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ Fill choice (config ``fr_fill`` / ``nr_fill``), and why:
   match. FIELD-NOTES measured PSNR +1.0-1.6 dB over the map averaged inside the
   mask; the inflation is the same for all N candidates of an instance and
   shrinks their spread rather than reordering them, and only the within-group
-  min-max normalised value is used for ranking (see ``dspo_core.iqa.reward``).
+  min-max normalised value is used for ranking (see ``dspo_core.iqa.rewards``).
   ``constant`` (the reference's mean colour inside the mask, in both images) is the
   alternative: also zero error outside, but it draws a flat region and a hard
   boundary into both images.

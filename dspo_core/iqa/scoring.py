@@ -4,7 +4,7 @@ Typical use::
 
     scorer = IQAScorer(IQAConfig())                       # builds the metrics offline
     records = scorer.score_instances(candidates, hr, masks)
-    rewards = reward(normalise(records))                  # dspo_core.iqa.reward
+    rewards = reward(normalise(records))                  # dspo_core.iqa.rewards
     manifest_params = scorer.describe()                   # metrics, kinds, directions, pyiqa version
 
 ``candidates`` are the N SR outputs of one LQ, (N, H, W, 3) uint8 RGB, pixel-aligned

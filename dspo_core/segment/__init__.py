@@ -12,51 +12,48 @@ area share, top K, disjointness, optional remainder instance) and emits
 ``InstanceRecord``s whose masks are pycocotools-compatible COCO RLE.
 """
 
-from . import rle
-from .base import RECORD_VERSION, Segmenter
-from .config import (
-    SAM_CHECKPOINT_FILES,
-    FelzenszwalbConfig,
-    PostFilterConfig,
-    SamConfig,
-    SegmenterConfig,
-)
-from .felzenszwalb import FelzenszwalbSegmenter
-from .instances import InstanceRecord, InvalidImageError, Proposal, check_image, postfilter, to_records
-from .registry import SEGMENTERS, build_segmenter
-from .sam import (
-    SAM_MODEL_BUILDERS,
-    TINY_SAM_ARCH,
-    MissingCheckpointError,
-    SamSegmenter,
-    build_sam_tiny,
-    load_sam,
-    save_tiny_sam_checkpoint,
-)
+import importlib
 
-__all__ = [
-    "RECORD_VERSION",
-    "SAM_CHECKPOINT_FILES",
-    "SAM_MODEL_BUILDERS",
-    "SEGMENTERS",
-    "TINY_SAM_ARCH",
-    "FelzenszwalbConfig",
-    "FelzenszwalbSegmenter",
-    "InstanceRecord",
-    "InvalidImageError",
-    "MissingCheckpointError",
-    "PostFilterConfig",
-    "Proposal",
-    "SamConfig",
-    "SamSegmenter",
-    "Segmenter",
-    "SegmenterConfig",
-    "build_sam_tiny",
-    "build_segmenter",
-    "check_image",
-    "load_sam",
-    "postfilter",
-    "rle",
-    "save_tiny_sam_checkpoint",
-    "to_records",
-]
+# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
+# name (a config class) does not import torch.
+_EXPORTS = {
+    "RECORD_VERSION": ".base",
+    "Segmenter": ".base",
+    "SAM_CHECKPOINT_FILES": ".config",
+    "FelzenszwalbConfig": ".config",
+    "PostFilterConfig": ".config",
+    "SamConfig": ".config",
+    "SegmenterConfig": ".config",
+    "FelzenszwalbSegmenter": ".felzenszwalb",
+    "InstanceRecord": ".instances",
+    "InvalidImageError": ".instances",
+    "Proposal": ".instances",
+    "check_image": ".instances",
+    "postfilter": ".instances",
+    "to_records": ".instances",
+    "SEGMENTERS": ".registry",
+    "build_segmenter": ".registry",
+    "SAM_MODEL_BUILDERS": ".sam",
+    "TINY_SAM_ARCH": ".sam",
+    "MissingCheckpointError": ".sam",
+    "SamSegmenter": ".sam",
+    "build_sam_tiny": ".sam",
+    "load_sam": ".sam",
+    "save_tiny_sam_checkpoint": ".sam",
+}
+_SUBMODULES = ('rle',)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_EXPORTS, *_SUBMODULES])
+
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])

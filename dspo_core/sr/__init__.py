@@ -14,52 +14,51 @@ wheel) only sample; ``tiny-sd``, ``one-step-sd`` and ``sd-x4-upscaler`` are
 ``trainable_parameters``, ``reference``, ``save_lora`` / ``load_lora``).
 """
 
-from .base import CandidateSettings, SRBackbone, UnsupportedSettingsError
-from .bicubic import BicubicBackbone, BicubicConfig, bicubic_upscale
-from .clip_tokenizer import clip_vocab_path, load_clip_tokenizer, write_clip_vocab
-from .diffusion import (
-    LORA_WEIGHT_NAME,
-    DiffusionSRBackbone,
-    LoraSettings,
-    images_to_tensor,
-    pad_to_multiple,
-    tensor_to_images,
-)
-from .one_step import OneStepSDBackbone, OneStepSDConfig, TinySDBackbone, TinySDConfig
-from .realesrgan import RealESRGANBackbone, RealESRGANConfig
-from .registry import BACKBONES, build_backbone
-from .tiny import build_tiny_sd, build_tiny_upscaler
-from .upscaler import SDUpscalerBackbone, SDUpscalerConfig
-from .weights import MissingWeightsError, resolve_pretrained
+import importlib
 
-__all__ = [
-    "BACKBONES",
-    "LORA_WEIGHT_NAME",
-    "BicubicBackbone",
-    "BicubicConfig",
-    "CandidateSettings",
-    "DiffusionSRBackbone",
-    "LoraSettings",
-    "MissingWeightsError",
-    "OneStepSDBackbone",
-    "OneStepSDConfig",
-    "RealESRGANBackbone",
-    "RealESRGANConfig",
-    "SDUpscalerBackbone",
-    "SDUpscalerConfig",
-    "SRBackbone",
-    "TinySDBackbone",
-    "TinySDConfig",
-    "UnsupportedSettingsError",
-    "bicubic_upscale",
-    "build_backbone",
-    "build_tiny_sd",
-    "build_tiny_upscaler",
-    "clip_vocab_path",
-    "images_to_tensor",
-    "load_clip_tokenizer",
-    "pad_to_multiple",
-    "resolve_pretrained",
-    "tensor_to_images",
-    "write_clip_vocab",
-]
+# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
+# name (a config class) does not import torch, diffusers or pyiqa.
+_EXPORTS = {
+    "CandidateSettings": ".base",
+    "SRBackbone": ".base",
+    "UnsupportedSettingsError": ".base",
+    "BicubicBackbone": ".bicubic",
+    "BicubicConfig": ".bicubic",
+    "bicubic_upscale": ".bicubic",
+    "clip_vocab_path": ".clip_tokenizer",
+    "load_clip_tokenizer": ".clip_tokenizer",
+    "write_clip_vocab": ".clip_tokenizer",
+    "LORA_WEIGHT_NAME": ".diffusion",
+    "DiffusionSRBackbone": ".diffusion",
+    "LoraSettings": ".diffusion",
+    "images_to_tensor": ".diffusion",
+    "pad_to_multiple": ".diffusion",
+    "tensor_to_images": ".diffusion",
+    "OneStepSDBackbone": ".one_step",
+    "OneStepSDConfig": ".one_step",
+    "TinySDBackbone": ".one_step",
+    "TinySDConfig": ".one_step",
+    "RealESRGANBackbone": ".realesrgan",
+    "RealESRGANConfig": ".realesrgan",
+    "BACKBONES": ".registry",
+    "build_backbone": ".registry",
+    "build_tiny_sd": ".tiny",
+    "build_tiny_upscaler": ".tiny",
+    "SDUpscalerBackbone": ".upscaler",
+    "SDUpscalerConfig": ".upscaler",
+    "MissingWeightsError": ".weights",
+    "resolve_pretrained": ".weights",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)

@@ -8,7 +8,6 @@ import typer
 from pipeline.cli.common import StoreOption, console, opened_store
 from pipeline.config import load_config
 from pipeline.stage import StageResult, run_stage
-from pipeline.stages import PIPELINE_ORDER, STAGES
 
 ProfileOption = Annotated[str, typer.Option("--profile", "-p",
                                            help="Profile in configs/ (demo, test, full) or a YAML path.")]
@@ -32,7 +31,7 @@ def _print_results(results: list[StageResult]) -> None:
 
 
 def stage(
-    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}.")],
+    name: Annotated[str, typer.Argument(help="A stage: ingest, degrade, sample, segment, score, rank, caption, ...")],
     inputs: Annotated[list[str] | None, typer.Option("--input", "-i", metavar="REF",
                                                      help="Input dataset ref (default: NAME@latest).")] = None,
     profile: ProfileOption = "demo",
@@ -41,6 +40,8 @@ def stage(
     store: StoreOption = None,
 ) -> None:
     """Run one stage on the latest (or given) input versions and publish its dataset."""
+    from pipeline.stages import STAGES  # imports the ML stack: only for commands that run stages
+
     if name not in STAGES:
         raise typer.BadParameter(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     given = {ref.partition("@")[0]: ref for ref in inputs or []}
@@ -56,6 +57,8 @@ def ingest(
     store: StoreOption = None,
 ) -> None:
     """Ingest source images into `hr_images` (bad files are reported and skipped)."""
+    from pipeline.stages import STAGES
+
     config = load_config(profile, [*(overrides or []), f"ingest.source={source}"])
     with opened_store(store) as opened:
         _print_results([run_stage(STAGES["ingest"], opened, config, force=force)])
@@ -68,6 +71,8 @@ def run(
     store: StoreOption = None,
 ) -> None:
     """Run every implemented stage in order, in this process (cache hits where nothing changed)."""
+    from pipeline.stages import PIPELINE_ORDER, STAGES
+
     config = load_config(profile, overrides)
     results = []
     with opened_store(store) as opened:
