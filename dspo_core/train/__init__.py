@@ -16,31 +16,41 @@ order), ``latents`` (VAE latent cache), ``step`` (the DSPO step: formulas and sh
 callback: no dependency on the pipeline, the store or the flows.
 """
 
-from .config import TrainConfig
-from .data import PairBatch, PairCollator, PairDataset, PairExample, ShardedPairOrder
-from .latents import LatentCache, PairLatents, encode_pairs
-from .metrics import EVAL_KEYS, TRAIN_KEYS, summarize
-from .step import PAIR_TERMS, StepOutput, TextConditioning, dspo_step, encode_conditioning, guided_predict
-from .trainer import DSPOTrainer
+import importlib
 
-__all__ = [
-    "EVAL_KEYS",
-    "PAIR_TERMS",
-    "TRAIN_KEYS",
-    "DSPOTrainer",
-    "LatentCache",
-    "PairBatch",
-    "PairCollator",
-    "PairDataset",
-    "PairExample",
-    "PairLatents",
-    "ShardedPairOrder",
-    "StepOutput",
-    "TextConditioning",
-    "TrainConfig",
-    "dspo_step",
-    "encode_conditioning",
-    "encode_pairs",
-    "guided_predict",
-    "summarize",
-]
+# Public name -> submodule, resolved on first use (PEP 562): ``TrainConfig`` alone
+# imports pydantic only, not torch, diffusers or accelerate.
+_EXPORTS = {
+    "TrainConfig": ".config",
+    "PairBatch": ".data",
+    "PairCollator": ".data",
+    "PairDataset": ".data",
+    "PairExample": ".data",
+    "ShardedPairOrder": ".data",
+    "LatentCache": ".latents",
+    "PairLatents": ".latents",
+    "encode_pairs": ".latents",
+    "EVAL_KEYS": ".metrics",
+    "TRAIN_KEYS": ".metrics",
+    "summarize": ".metrics",
+    "PAIR_TERMS": ".step",
+    "StepOutput": ".step",
+    "TextConditioning": ".step",
+    "dspo_step": ".step",
+    "encode_conditioning": ".step",
+    "guided_predict": ".step",
+    "DSPOTrainer": ".trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (built from _EXPORTS, as in dspo_core.sr)

@@ -84,7 +84,7 @@ class PairExample:
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"pair {self.pair_id!r}: weight must be finite and >= 0, got {self.weight}")
         if not isinstance(self.positive_text, str) or not isinstance(self.negative_text, str):
-            raise ValueError(f"pair {self.pair_id!r}: positive_text and negative_text must be str")
+            raise TypeError(f"pair {self.pair_id!r}: positive_text and negative_text must be str")
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -28,7 +28,8 @@ grad_norm           global L2 norm of the gradient (after the cross-process all-
                     before clipping to max_grad_norm). Train only.
 lr                  learning rate used for this step. Train only.
 epoch               fractional epochs done after this step. Train only.
-pairs_per_s         pairs of this step (all processes) / its wall-clock seconds. Train only.
+pairs_per_s         pairs of this step (all processes) / its wall-clock seconds, timed on each
+                    process (the one value that is not identical on every rank). Train only.
 eval_<key>          the first seven keys on the held-out pairs (fixed noise and t per pair,
                     so evaluations are comparable across steps), emitted in their own
                     on_log call at each eval step.
