@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from storage import IMAGE_TYPE
 
+
 def stable_id(kind: str, *parts: object) -> str:
     """A row id: 20 hex digits of sha256("kind:part:part..."). The kind keeps ids of different
     datasets apart (candidate k and instance k of a sample never share an id)."""
@@ -143,3 +144,67 @@ PREFERENCES = pa.schema([
 """`preferences`: the dataset other experiments pull. One row per instance-level pair with its
 mask, weight, margin and text feedback; its manifest lineage names every input version.
 `dspo datasets pull preferences@vN --with-images` adds the LQ, HR, winner and loser images."""
+
+#: The per-step metric columns of `train_metrics`: dspo_core.train.metrics.TRAIN_KEYS, spelled
+#: out here so importing the catalog needs no torch (a test checks they stay equal).
+TRAIN_METRIC_KEYS = ("loss", "implicit_acc", "margin", "d_w_policy", "d_w_ref", "d_l_policy", "d_l_ref",
+                     "grad_norm", "lr", "epoch", "pairs_per_s")
+
+CHECKPOINTS = pa.schema([
+    ("checkpoint_id", pa.string()),      # stable_id("checkpoint", run_id, step)
+    ("run_id", pa.string()),             # training identity: backbone, data, hyperparameters (not the run length)
+    ("step", pa.int64()),                # optimizer steps done when saved
+    ("final", pa.bool_()),               # the last checkpoint this stage run wrote
+    ("backbone", pa.string()),           # name in dspo_core.sr.BACKBONES
+    ("base_weights_id", pa.string()),    # the weights the adapter sits on (backbone.base_weights_id)
+    ("lora_file", pa.string()),          # "pytorch_lora_weights.safetensors": the name load_lora expects
+    ("lora_weights", pa.large_binary()), # that file's bytes (diffusers LoRA format; rank/alpha in its metadata)
+    ("lora_sha256", pa.string()),        # sha256 of lora_weights
+    ("trainer_state", pa.large_binary()),# tar of the whole DSPOTrainer.save_checkpoint folder (optimizer, scheduler, RNG): resume
+    ("config", pa.string()),             # JSON of the train stage config (backbone, TrainConfig, split, eval_fraction)
+    ("train_pairs", pa.int32()),         # pairs trained on
+    ("eval_pairs", pa.int32()),          # held-out pairs (stable hash of pair_id < eval_fraction)
+    ("train_metrics", pa.string()),      # ref of the train_metrics version this run logged to
+    ("resumed_from", pa.string()),       # "checkpoints@vN:step" this run continued from, or null
+    ("inputs", pa.list_(pa.string())),   # the pinned input refs (also the manifest's lineage)
+])
+"""`checkpoints`: one row per checkpoint saved by the train stage. The LoRA file travels inline
+(`lora_weights`), so any machine with store access can load it:
+`pipeline.stages.train.load_checkpoint_into(backbone, store, "checkpoints@vN")`. The manifest
+metadata names the run, its train_metrics ref and the final train/eval metrics."""
+
+TRAIN_METRICS = pa.schema([
+    ("run_id", pa.string()),             # the checkpoints run_id
+    ("step", pa.int64()),                # optimizer step the values belong to (continues across resumes)
+    ("split", pa.string()),              # train | eval (held-out pairs; eval rows have null grad_norm/lr/epoch/pairs_per_s)
+    *[(key, pa.float64()) for key in TRAIN_METRIC_KEYS],  # meanings: dspo_core.train.metrics
+])
+"""`train_metrics`: one row per logged step of one train stage run; eval rows carry the
+`eval_<key>` values under the plain key names. Published by the train stage next to `checkpoints`."""
+
+EVAL_RESULTS = pa.schema([
+    ("sample_id", pa.string()),          # the lq_pairs row evaluated
+    ("split", pa.string()),              # its lq_pairs split
+    ("model", pa.string()),              # base | tuned
+    ("weights_id", pa.string()),         # backbone weights (tuned: base + the LoRA digest)
+    ("checkpoint_id", pa.string()),      # the checkpoints row whose LoRA makes `tuned`
+    ("step", pa.int64()),                # that checkpoint's step
+    ("metric", pa.string()),             # pyiqa name
+    ("kind", pa.string()),               # fr | nr
+    ("value", pa.float64()),             # whole-image score of the SR output (fr: against the HR crop)
+    ("lower_better", pa.bool_()),
+])
+"""`eval_results`: one row per (held-out sample, model, metric). The manifest metadata holds the
+per-model means, the markdown report and the ref of its `eval_report` row."""
+
+EVAL_REPORT = pa.schema([
+    ("checkpoint_id", pa.string()),      # the checkpoint evaluated
+    ("step", pa.int64()),
+    ("split", pa.string()),              # the split evaluated, or "all" (fallbacks are named in `notes`)
+    ("samples", pa.int32()),
+    ("means", pa.string()),              # JSON {metric: {base, tuned, delta, lower_better, better}}
+    ("markdown", pa.string()),           # the report: means table, base vs tuned, with deltas and arrows
+    ("grid", IMAGE_TYPE),                # PNG: LQ (upscaled) | base | tuned | HR, one row per sample
+    ("notes", pa.string()),              # fallbacks used, or ""
+])
+"""`eval_report`: one row per evaluate run, published by the evaluate stage next to `eval_results`."""

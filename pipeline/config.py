@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dspo_core.degradation import DegradationConfig
 from dspo_core.feedback import CaptionerConfig, FeedbackConfig
@@ -15,6 +15,7 @@ from dspo_core.iqa import IQAConfig
 from dspo_core.preferences import PreferenceConfig
 from dspo_core.segment import SegmenterConfig
 from dspo_core.sr import CandidateSettings
+from dspo_core.train.config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -133,6 +134,50 @@ class CaptionConfig(Section):
     shard_size: int = Field(16, description="Samples per shard.")
 
 
+class TrainStageConfig(Section):
+    """How `preferences` fine-tune a diffusion SR backbone with DSPO (`checkpoints`, `train_metrics`)."""
+
+    backbone: str = Field("tiny-sd", description="A DiffusionSRBackbone in dspo_core.sr.BACKBONES "
+                                                 "(tiny-sd, one-step-sd, sd-x4-upscaler).")
+    backbone_config: dict[str, Any] = Field(default_factory=dict,
+                                            description="The backbone's own config; s3:// path/lora_path are fetched.")
+    train: TrainConfig = Field(default_factory=TrainConfig,
+                               description="dspo_core.train.TrainConfig: steps, batch, lr, beta, masks, text mode...")
+    splits: list[str] = Field(default_factory=lambda: ["train"],
+                              description="lq_pairs splits whose pairs train (evaluate uses the test split).")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for the eval metrics, "
+                                                              "by a stable hash of pair_id.")
+    resume: bool = Field(False, description="Continue from the latest checkpoint of the same run_id (same "
+                                            "backbone, data and hyperparameters; max_steps may grow).")
+    save_every: int = Field(0, ge=0, description="A checkpoints row every this many steps; 0 = only at the end.")
+
+    @model_validator(mode="after")
+    def _stage_owns_checkpoints(self) -> TrainStageConfig:
+        # The stage writes checkpoints into the store; a local output_dir would be silently ignored.
+        if self.train.output_dir is not None or self.train.save_every:
+            raise ValueError("checkpoints go to the store: leave train.train.output_dir and train.train.save_every "
+                             "unset and set train.save_every")
+        if self.train.full_finetune:  # checkpoints rows carry a LoRA file
+            raise ValueError("the train stage trains LoRA adapters: train.train.full_finetune must be false")
+        return self
+
+
+class EvaluateConfig(Section):
+    """How the latest checkpoint is compared with its base model on held-out `lq_pairs` (`eval_results`)."""
+
+    splits: list[str] = Field(default_factory=lambda: ["test"],
+                              description="lq_pairs splits to evaluate on; none there: 'val', then all rows "
+                                          "(the fallback is named in the manifest notes and the log).")
+    iqa: IQAConfig = Field(default_factory=lambda: IQAConfig(metrics=["psnr", "ssim", "gmsd", "fsim", "vsi", "piqe"]),
+                           description="Metrics, scored on the whole image (one all-ones mask) against the HR crop.")
+    settings: CandidateSettings = Field(default_factory=CandidateSettings,
+                                        description="Sampling settings of both models (unset fields: backbone "
+                                                    "defaults); the seed is mixed with each sample id.")
+    step: int | None = Field(None, description="Checkpoint step to evaluate; None = the last one of the "
+                                               "checkpoints version.")
+    grid_samples: int = Field(4, ge=1, description="Samples shown in the side-by-side PNG grid.")
+
+
 class PipelineConfig(Section):
     """Every stage's configuration (one profile)."""
 
@@ -144,6 +189,8 @@ class PipelineConfig(Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     rank: RankConfig = Field(default_factory=RankConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    train: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
