@@ -41,13 +41,13 @@ def preferences_with_images(store: DatasetStore, ref: str, batch_size: int = 64)
     inputs = _lineage(store, ref)
     for batch in store.iter_batches(ref, batch_size=batch_size):
         table = pa.Table.from_batches([batch])
-        samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "lq", "hr"],
-                                   filter=pc.field("sample_id").isin(table.column("sample_id").unique()))
+        samples = store.read_where_in(inputs["lq_pairs"], "sample_id", table.column("sample_id").unique(),
+                                      columns=["sample_id", "lq", "hr"])
         by_sample = {row["sample_id"]: row for row in samples.to_pylist()}
         wanted = pc.unique(pa.concat_arrays([table.column("winner_id").combine_chunks(),
                                              table.column("loser_id").combine_chunks()]))
-        candidates = store.read_arrow(inputs["sr_candidates"], columns=["candidate_id", "image"],
-                                      filter=pc.field("candidate_id").isin(wanted))
+        candidates = store.read_where_in(inputs["sr_candidates"], "candidate_id", wanted,
+                                         columns=["candidate_id", "image"])
         images = dict(zip(candidates.column("candidate_id").to_pylist(), candidates.column("image").to_pylist()))
         sample_ids = table.column("sample_id").to_pylist()
         columns = {

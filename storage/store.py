@@ -277,6 +277,31 @@ class DatasetStore:
             table = table.replace_schema_metadata(image_features(table.schema, image_columns(table.schema)).metadata)
         return table
 
+    def read_where_in(self, ref: str, column: str, values: Iterable, columns: list[str] | None = None) -> pa.Table:
+        """Rows whose `column` is one of `values`, with `columns` (default all).
+
+        Reads `column` first and then the other columns of only the row groups holding a
+        match: fetching a shard's few rows by id costs a few row groups, not a scan of every
+        image in the dataset (ids are hashes, so row-group statistics cannot prune them).
+        """
+        manifest = self.manifest(ref)
+        schema = decode_schema(manifest)
+        wanted = pa.array(list(values), type=schema.field(column).type)
+        selected = columns if columns is None or column in columns else [*columns, column]
+        pieces = []
+        for fragment in self._dataset(manifest).get_fragments():
+            for row_group in fragment.split_by_row_group():
+                keys = row_group.to_table(columns=[column]).column(0)
+                if not pc.any(pc.is_in(keys, value_set=wanted)).as_py():
+                    continue
+                table = row_group.to_table(columns=selected)
+                pieces.append(table.filter(pc.is_in(table.column(column), value_set=wanted)))
+        if not pieces:
+            empty = schema.empty_table()
+            return empty if columns is None else empty.select(columns)
+        table = pa.concat_tables(pieces)
+        return table if columns is None else table.select(columns)
+
     def read_pandas(self, ref: str, columns: list[str] | None = None, filter=None):
         """Read a version as a pandas DataFrame (image cells are {bytes, path} dicts)."""
         return self.read_arrow(ref, columns=columns, filter=filter).to_pandas()

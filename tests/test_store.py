@@ -256,3 +256,12 @@ def test_scratch_tables_are_invisible_and_survive_gc(store):
     assert scratch.names() == ["shard-00000", "shard-00001"]
     scratch.clear()
     assert scratch.names() == []
+
+
+def test_read_where_in_reads_only_matching_row_groups(store):
+    ref = store.publish("keyed", make_table(300), row_group_rows=64)
+    wanted = ["item-00003", "item-00250", "item-99999"]
+    table = store.read_where_in(ref, "id", wanted, columns=["value"])
+    assert table.column_names == ["value"] and sorted(table.column("value").to_pylist()) == [3.0, 250.0]
+    assert store.read_where_in(ref, "id", ["nope"]).num_rows == 0
+    assert store.read_where_in(ref, "id", ["nope"]).schema.names == ["id", "value", "split"]

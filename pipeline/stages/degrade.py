@@ -6,7 +6,6 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dspo_core.degradation import degrade
 from pipeline.catalog import stable_id, LQ_PAIRS
@@ -36,8 +35,8 @@ class DegradeStage(Stage):
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: DegradeConfig,
                   shard: Shard) -> ShardOutput:
-        source = store.read_arrow(inputs["hr_images"], columns=["image_id", "split", "image"],
-                                  filter=pc.field("image_id").isin(list(shard.items)))
+        source = store.read_where_in(inputs["hr_images"], "image_id", shard.items,
+                                     columns=["image_id", "split", "image"])
         rows, quarantine = [], []
         for record in source.to_pylist():
             hr = np.asarray(decode_image(record["image"]).convert("RGB"))

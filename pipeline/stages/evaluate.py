@@ -21,7 +21,6 @@ import logging
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from PIL import Image, ImageDraw
 
 from dspo_core.iqa import IQAScorer
@@ -120,8 +119,8 @@ class EvaluateStage(Stage):
         checkpoint = checkpoint_row(store, inputs["checkpoints"], section.step)
         config = json.loads(checkpoint["config"])
         backbone = build_diffusion_backbone(config["backbone"], config["backbone_config"])
-        samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "split", "lq", "hr"],
-                                   filter=pc.field("sample_id").isin(ids)).to_pylist()
+        samples = store.read_where_in(inputs["lq_pairs"], "sample_id", ids,
+                                      columns=["sample_id", "split", "lq", "hr"]).to_pylist()
         samples.sort(key=lambda row: ids.index(row["sample_id"]))
         lq = [np.asarray(decode_image(row["lq"]).convert("RGB")) for row in samples]
         hr = [np.asarray(decode_image(row["hr"]).convert("RGB")) for row in samples]

@@ -9,7 +9,6 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dspo_core.sr import SRBackbone, build_backbone
 from pipeline.catalog import stable_id, SR_CANDIDATES
@@ -59,8 +58,8 @@ class SampleStage(Stage):
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: SampleConfig,
                   shard: Shard) -> ShardOutput:
-        samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "lq"],
-                                   filter=pc.field("sample_id").isin(list(shard.items))).to_pylist()
+        samples = store.read_where_in(inputs["lq_pairs"], "sample_id", shard.items,
+                                      columns=["sample_id", "lq"]).to_pylist()
         lq_images = {row["sample_id"]: np.asarray(decode_image(row["lq"]).convert("RGB")) for row in samples}
         order = [row["sample_id"] for row in samples]
         rows = []

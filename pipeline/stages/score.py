@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from dspo_core.iqa import IQAScorer, normalise, reward
 from dspo_core.segment import rle
@@ -20,7 +19,7 @@ NORMALISATION = "min-max over the instance's candidates, flipped for lower_bette
 
 
 def rows_by_sample(store: DatasetStore, ref: str, columns: list[str], sample_ids: tuple) -> dict[str, list[dict]]:
-    table = store.read_arrow(ref, columns=columns, filter=pc.field("sample_id").isin(list(sample_ids)))
+    table = store.read_where_in(ref, "sample_id", sample_ids, columns=columns)
     grouped: dict[str, list[dict]] = {}
     for row in table.to_pylist():
         grouped.setdefault(row["sample_id"], []).append(row)

@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from PIL import Image
 
 from dspo_core.segment import SAM_CHECKPOINT_FILES, Segmenter, SegmenterConfig, build_segmenter
@@ -88,8 +87,8 @@ class SegmentStage(Stage):
                   shard: Shard) -> ShardOutput:
         segmenter, note = self._segmenter(section)
         column = "hr" if section.anchor == "hr" else "lq"
-        samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id", column, "crop_height", "crop_width"],
-                                   filter=pc.field("sample_id").isin(list(shard.items)))
+        samples = store.read_where_in(inputs["lq_pairs"], "sample_id", shard.items,
+                                      columns=["sample_id", column, "crop_height", "crop_width"])
         rows, quarantine = [], []
         for sample in samples.to_pylist():
             image = decode_image(sample[column]).convert("RGB")

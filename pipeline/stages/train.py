@@ -91,12 +91,12 @@ def load_pairs(store: DatasetStore, inputs: dict[str, str], section: TrainStageC
                                     filter=pc.field("sample_id").isin(wanted)):
         rows = batch.to_pylist()
         new_samples = sorted({row["sample_id"] for row in rows} - set(lq))
-        for row in store.read_arrow(inputs["lq_pairs"], columns=["sample_id", "lq"],
-                                    filter=pc.field("sample_id").isin(new_samples)).to_pylist():
+        for row in store.read_where_in(inputs["lq_pairs"], "sample_id", new_samples,
+                                       columns=["sample_id", "lq"]).to_pylist():
             lq[row["sample_id"]] = np.asarray(decode_image(row["lq"]).convert("RGB"))
         new_images = sorted({row[key] for row in rows for key in ("winner_id", "loser_id")} - set(images))
-        for row in store.read_arrow(inputs["sr_candidates"], columns=["candidate_id", "image"],
-                                    filter=pc.field("candidate_id").isin(new_images)).to_pylist():
+        for row in store.read_where_in(inputs["sr_candidates"], "candidate_id", new_images,
+                                       columns=["candidate_id", "image"]).to_pylist():
             images[row["candidate_id"]] = np.asarray(decode_image(row["image"]).convert("RGB"))
         for row in rows:
             pair = PairExample(lq=lq[row["sample_id"]], winner=images[row["winner_id"]], loser=images[row["loser_id"]],
