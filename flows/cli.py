@@ -1,13 +1,28 @@
 """Entry point of the `dspo` console script (`dspo = flows.cli:app` in pyproject.toml).
 
-Assembles the command line: the pipeline layer's commands (`datasets`, `doctor`) merged in
-as they are, plus -- in later issues -- the orchestration commands that need Prefect
-(`dspo run`, deployments), which belong here because `pipeline/` must not import Prefect.
+Assembles the command line: the pipeline layer's commands (`datasets`, `doctor`, `run`, ...)
+merged in as they are, plus the orchestration commands, which belong here because `pipeline/`
+must not import Prefect:
+
+    dspo up [--port N] [--state-dir DIR] [--limit 4] [--redeploy] [--run ...]   embedded Prefect stack
+    dspo down [--state-dir DIR] [--timeout S]
+    dspo status [--state-dir DIR] [--json]
+    dspo pipeline [--profile P] [--set k=v ...] [--store URI] [--force] [--in-process]
+
+Prefect is imported only inside the commands that need it, so `dspo datasets ls` does not pay for it.
 """
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
 import typer
 
 from pipeline.cli import app as pipeline_app
-from pipeline.cli.common import ReportingGroup
+from pipeline.cli.common import ERROR_EXIT, ReportingGroup, StoreOption, console, report_error
+from pipeline.cli.stages import ForceOption, ProfileOption, SetOption
+from pipeline.config import parse_override
 
 app = typer.Typer(
     cls=ReportingGroup,
@@ -19,5 +34,145 @@ app = typer.Typer(
 )
 # Mounted without a name, so its commands sit at the top level: `dspo datasets ls`, `dspo doctor`.
 app.add_typer(pipeline_app)
+
+StateDirOption = Annotated[str | None, typer.Option(
+    "--state-dir", metavar="DIR", envvar="DSPO_STATE_DIR", show_default=False,
+    help="Folder of the embedded stack (pid files, logs, Prefect database). Default: $DSPO_STATE_DIR, else "
+         ".dspo/stack in the project folder.")]
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    return dict(parse_override(text) for text in pairs or [])
+
+
+def _fail(exc: Exception) -> None:
+    report_error(str(exc))
+    raise typer.Exit(ERROR_EXIT)
+
+
+def _pipeline_parameters(profile: str, overrides: list[str] | None, store: str | None, force: bool) -> dict:
+    parameters = {"profile": profile, "force": force}
+    if overrides:
+        parameters["overrides"] = _overrides(overrides)
+    if store:
+        parameters["store"] = store
+    return parameters
+
+
+def _after_run(ui: str | None, store: str | None) -> None:
+    out = console()
+    if ui:
+        out.print(f"runs, logs and artifacts: {ui}/runs", soft_wrap=True, highlight=False)
+    out.print(f"datasets:                 dspo datasets ls{' --store ' + store if store else ''}",
+              soft_wrap=True, highlight=False)
+
+
+@app.command("up")
+def up_command(
+    port: Annotated[int | None, typer.Option("--port", help="Server port (default 4200, or the running stack's; "
+                                                            "0: any free port).")] = None,
+    state_dir: StateDirOption = None,
+    limit: Annotated[int, typer.Option("--limit", min=2, help="Concurrent flow runs of the worker (the parent "
+                                                              "holds one while a stage runs).")] = 4,
+    redeploy: Annotated[bool, typer.Option("--redeploy", help="Deploy prefect.yaml even if unchanged.")] = False,
+    run: Annotated[bool, typer.Option("--run", help="Then run the pipeline deployment and watch it "
+                                                    "(as `dspo pipeline`).")] = False,
+    profile: ProfileOption = "demo",
+    overrides: SetOption = None,
+    force: ForceOption = False,
+    store: StoreOption = None,
+) -> None:
+    """Start (or reuse) a local Prefect server, the dspo-local work pool, the deployments of prefect.yaml
+    and a process worker, all bound to 127.0.0.1; print where the UI is."""
+    from flows import stack
+
+    try:
+        info = stack.up(state_dir, port=port, limit=limit, redeploy=redeploy, say=console().print)
+    except stack.StackError as exc:
+        _fail(exc)
+    for line in stack.info_lines(info):
+        console().print(line, soft_wrap=True, highlight=False)
+    if run:
+        code = stack.run_pipeline(_pipeline_parameters(profile, overrides, store, force), state_dir)
+        _after_run(info.ui_url, store)
+        raise typer.Exit(code)
+
+
+@app.command("down")
+def down_command(
+    state_dir: StateDirOption = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")] = 15,
+) -> None:
+    """Stop the worker and server that `dspo up` started (their process groups, flow runs included)."""
+    from flows import stack
+
+    stopped = stack.down(state_dir, timeout=timeout, say=console().print)
+    if not stopped:
+        console().print(f"nothing to stop in {stack.state_dir(state_dir)}", soft_wrap=True, highlight=False)
+
+
+@app.command("status")
+def status_command(
+    state_dir: StateDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Show whether the embedded stack runs: processes, API health, UI address, deployments.
+    Exit status 1 when it is not running and healthy."""
+    from flows import stack
+
+    report = stack.status(state_dir)
+    out = console()
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        for name, process in report["processes"].items():
+            state = f"running (pid {process['pid']})" if process["running"] else "not running"
+            out.print(f"{name + ':':<13}{state}; log {process['log']}", soft_wrap=True, highlight=False)
+        out.print(f"{'API:':<13}{report['api_url'] or '-'} ({'healthy' if report['healthy'] else 'not reachable'})",
+                  soft_wrap=True, highlight=False)
+        if report["healthy"]:
+            out.print(f"{'Prefect UI:':<13}{report['ui_url']}", soft_wrap=True, highlight=False)
+            out.print(f"{'work pool:':<13}dspo-local ({report['work_pool'] or 'missing'})", highlight=False)
+            out.print(f"{'deployments:':<13}{', '.join(report['deployments']) or 'none'}", soft_wrap=True,
+                      highlight=False)
+    if not (report["healthy"] and report["processes"]["worker"]["running"]):
+        raise typer.Exit(1)
+
+
+@app.command("pipeline")
+def pipeline_command(
+    profile: ProfileOption = "demo",
+    overrides: SetOption = None,
+    force: ForceOption = False,
+    store: StoreOption = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run the `dspo` flow in this process, stages as "
+                                                                  "subflows (no worker needed; recorded in the "
+                                                                  "stack's server when it runs, else in a temporary "
+                                                                  "one).")] = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Run the whole pipeline as Prefect flows: by default `prefect deployment run dspo/full-pipeline --watch`
+    on the embedded stack (`dspo up` first), each stage its own flow run; print where to look afterwards."""
+    from flows import stack
+
+    parameters = _pipeline_parameters(profile, overrides, store, force)
+    if not in_process:
+        try:
+            report = stack.require_running(state_dir)
+        except stack.StackError as exc:
+            _fail(exc)
+        code = stack.run_pipeline(parameters, state_dir)
+        _after_run(report["ui_url"], store)
+        raise typer.Exit(code)
+    report = stack.status(state_dir)
+    if report["healthy"]:
+        os.environ["PREFECT_API_URL"] = report["api_url"]
+    from flows.parent import dspo
+
+    outputs = dspo(**parameters, mode="subflows")
+    for dataset, ref in outputs.items():
+        console().print(f"{dataset:<16} {ref}", highlight=False)
+    _after_run(report["ui_url"] if report["healthy"] else None, store)
+
 
 __all__ = ["app"]

@@ -1,0 +1,77 @@
+"""What the flows share: the store a run uses, knobs read from the environment, artifact keys.
+
+No Prefect import here, so `dspo up/down/status` and tests can use it cheaply.
+
+Environment knobs (read when a flow runs, so a worker's or a test's environment applies):
+
+    DSPO_STORE                 default store URI (else <project>/.dspo/store)
+    DSPO_SHARD_WORKERS         threads mapping a stage's shards (default 2; read at import: the
+                               task runner is fixed when the flow object is built)
+    DSPO_SHARD_RETRIES         retries of a shard task on transient storage errors (default 3)
+    DSPO_SHARD_RETRY_DELAY     first retry delay in seconds, doubled each retry (default 2)
+    DSPO_POLL_SECONDS          how often the parent polls a stage's deployment run (default 2)
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from pipeline.cli.common import store_uri
+
+FLOW_PREFIX = "dspo-"
+PARENT_FLOW = "dspo"
+PARENT_DEPLOYMENT = "full-pipeline"
+STAGE_DEPLOYMENT = "stage"
+WORK_POOL = "dspo-local"
+
+
+def env_number(name: str, default: float, cast=float, minimum: float = 0):
+    """A number from the environment; a malformed or out-of-range value is an error naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return cast(default)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"${name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def shard_workers() -> int:
+    return env_number("DSPO_SHARD_WORKERS", 2, int, 1)
+
+
+def shard_retries() -> int:
+    return env_number("DSPO_SHARD_RETRIES", 3, int, 0)
+
+
+def shard_retry_delays() -> list[float]:
+    """Exponential backoff: d, 2d, 4d, ... one delay per retry."""
+    first = env_number("DSPO_SHARD_RETRY_DELAY", 2.0)
+    return [first * 2 ** attempt for attempt in range(shard_retries())]
+
+
+def poll_seconds() -> float:
+    return env_number("DSPO_POLL_SECONDS", 2.0, float, 0.1)
+
+
+def resolve_store(store: str | None) -> str:
+    """The store a run uses: the parameter, else $DSPO_STORE, else the project's local store
+    (found from the working directory, which a deployment's pull step sets to the project)."""
+    return store_uri(store or os.environ.get("DSPO_STORE") or None)
+
+
+def flow_name(stage: str) -> str:
+    return f"{FLOW_PREFIX}{stage}"
+
+
+def stage_deployment(stage: str) -> str:
+    """`prefect deployment run` name of a stage's deployment: dspo-<stage>/stage."""
+    return f"{flow_name(stage)}/{STAGE_DEPLOYMENT}"
+
+
+def artifact_key(stage: str, kind: str) -> str:
+    """A stable artifact key, e.g. dspo-degrade-result (keys: lowercase letters, digits, dashes)."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{flow_name(stage)}-{kind}".lower()).strip("-")

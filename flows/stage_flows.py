@@ -1,0 +1,316 @@
+"""One Prefect flow per pipeline stage, `dspo-<stage>`, built from `pipeline.stages.STAGES`.
+
+    dspo_degrade(store=None, inputs=None, profile="demo", overrides=None, force=False) -> "lq_pairs@v3"
+
+A stage added to STAGES gets its flow here automatically (module attribute `dspo_<stage>`,
+the entrypoint `flows/stage_flows.py:dspo_<stage>` of its `stage` deployment in prefect.yaml).
+
+What a stage flow does:
+  1. loads the profile + dotted overrides, opens the store, builds the `StageJob` (pins the
+     inputs, computes the fingerprint). A cached fingerprint returns the existing ref ("cache hit").
+  2. otherwise submits one `run-shard` task per pending shard to the flow's task runner
+     (threads; `DSPO_SHARD_WORKERS`, default 2). A shard task retries with exponential
+     backoff only on transient storage errors (`StorageUnavailableError`, connection errors);
+     any other error fails it at once. Every shard is waited for, so finished shards stay
+     staged for the next run even when one fails; then the flow fails, publishing nothing.
+  3. publishes once (`publish` task, no retry: a publish that failed after its commit must
+     not commit a second version), and records artifacts with stable keys:
+     `dspo-<stage>-result` (table), `dspo-<stage>-preview` (thumbnails),
+     `dspo-<stage>-progress` (shards done, updated as they finish).
+
+Threads and the StageJob. The job is built once in the flow; tasks share it read-only (store,
+pinned inputs, section, shard list, scratch area: each shard writes its own scratch key). Stage
+objects, however, cache models that are not safe to share between threads (stateful diffusers
+schedulers, SAM's predictor), so each task borrows a stage *instance* from a per-stage pool: the
+registry's object first, more instances (`type(stage)()`) only as concurrency requires, each
+reused by later tasks. A borrowed instance runs on a shallow copy of the job (`copy.copy(job)`
+with `.stage` swapped), so the staging code in `StageJob.run_shard` is the one `dspo run` uses.
+Model construction seeds torch's global RNG (random-init tiny models), so the first shard an
+instance runs for a config (when it builds its models) holds a process-wide lock: two builds
+never interleave and every instance gets identical weights.
+"""
+import copy
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run as current_flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.common import artifact_key, flow_name, resolve_store, shard_retries, shard_retry_delays, shard_workers
+from flows.previews import manifest_summary, preview_markdown
+from pipeline.config import load_config
+from pipeline.stage import Shard, Stage, StageJob
+from pipeline.stages import STAGES
+from storage import DatasetStore, StorageUnavailableError
+from storage.retry import is_transient
+
+log = logging.getLogger("dspo.flows")
+
+#: Held while a stage instance builds its models (its first shard for a config); see the module docstring.
+BUILD_LOCK = threading.Lock()
+
+
+class StagePool:
+    """Instances of one stage class for concurrent shards: borrow one, give it back after."""
+
+    def __init__(self, prototype: Stage):
+        self.prototype = prototype
+        self._free: list[Stage] = [prototype]
+        self._warm: dict[int, set[str]] = {}
+        self._cond = threading.Condition()
+        self._clonable = True
+        self.size = 1
+
+    def _new(self) -> Stage | None:
+        try:
+            instance = type(self.prototype)()
+        except TypeError:  # a stage whose constructor takes arguments: share the one instance
+            self._clonable = False
+            return None
+        self.size += 1
+        return instance
+
+    @contextmanager
+    def borrow(self, config_key: str) -> Iterator[tuple[Stage, bool]]:
+        """(an instance nobody else is using, whether it already ran this config)."""
+        with self._cond:
+            while True:
+                if self._free:
+                    instance = self._free.pop()
+                    break
+                if self._clonable:
+                    instance = self._new()
+                    if instance is not None:
+                        break
+                self._cond.wait()
+        warm = config_key in self._warm.get(id(instance), ())
+        try:
+            yield instance, warm
+            self._warm.setdefault(id(instance), set()).add(config_key)
+        finally:
+            with self._cond:
+                self._free.append(instance)
+                self._cond.notify()
+
+
+POOLS: dict[str, StagePool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool_of(stage: Stage) -> StagePool:
+    with _POOLS_LOCK:
+        pool = POOLS.get(stage.name)
+        if pool is None or pool.prototype is not stage:
+            pool = POOLS[stage.name] = StagePool(stage)
+        return pool
+
+
+class TimedStage:
+    """A stage proxy that times `run_shard` (model compute + its input reads) and keeps its output counts."""
+
+    def __init__(self, stage: Stage):
+        self._stage = stage
+        self.seconds = 0.0
+        self.rows = 0
+        self.quarantined = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stage, name)
+
+    def run_shard(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            output = self._stage.run_shard(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+        self.rows += output.table.num_rows
+        self.quarantined += len(output.quarantine)
+        return output
+
+
+@dataclass
+class RunningJob:
+    """A StageJob of a flow run in progress, found by the shard tasks through `JOBS[job_id]`."""
+
+    job: StageJob
+    shards: dict[str, Shard] = field(default_factory=dict)
+    config_key: str = ""
+
+
+JOBS: dict[str, RunningJob] = {}
+
+
+def is_transient_storage_error(exc: BaseException | None) -> bool:
+    """Worth retrying: the storage service was unreachable or overloaded (not a missing bucket)."""
+    if isinstance(exc, StorageUnavailableError):
+        return "bucket does not exist" not in str(exc)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return exc is not None and is_transient(exc)
+
+
+def retry_on_transient(task, task_run, state) -> bool:
+    """`retry_condition_fn` of the shard task: retry only transient storage errors."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # an unreadable result is no reason to retry
+            return False
+    return is_transient_storage_error(exc if isinstance(exc, BaseException) else None)
+
+
+@task(name="run-shard", task_run_name="{stage}-{shard_key}", retries=3, retry_delay_seconds=[2, 4, 8],
+      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE, persist_result=False)
+def run_shard(job_id: str, stage: str, shard_key: str) -> dict:
+    """Compute one shard and stage it in the store's scratch area (see the module docstring)."""
+    running = JOBS[job_id]
+    shard = running.shards[shard_key]
+    started = time.perf_counter()
+    with pool_of(running.job.stage).borrow(running.config_key) as (instance, warm):
+        timed = TimedStage(instance)
+        worker = copy.copy(running.job)
+        worker.stage = timed
+        if warm:
+            worker.run_shard(shard)
+        else:
+            with BUILD_LOCK:
+                worker.run_shard(shard)
+    seconds = time.perf_counter() - started
+    get_run_logger().info("%s %s: %d rows (%d items, %d quarantined) in %.2fs, %.2fs in run_shard",
+                          stage, shard_key, timed.rows, len(shard.items), timed.quarantined, seconds, timed.seconds)
+    return {"shard": shard_key, "seconds": seconds, "compute_seconds": timed.seconds, "rows": timed.rows,
+            "quarantined": timed.quarantined}
+
+
+@task(name="publish", task_run_name="publish-{stage}", cache_policy=NO_CACHE, persist_result=False)
+def publish(job_id: str, stage: str) -> str:
+    """Publish the staged shards as the next version of the stage's dataset (one commit)."""
+    return JOBS[job_id].job.publish()
+
+
+def _map_shards(job_id: str, name: str, job: StageJob, logger) -> tuple[int, float]:
+    """Run the pending shards on the task runner; (shards computed, seconds inside run_shard)."""
+    pending = job.pending_shards()
+    total = len(job.shards)
+    staged = total - len(pending)
+    if staged:
+        logger.info("%s: %d of %d shards already staged by an earlier run; computing %d",
+                    name, staged, total, len(pending))
+    progress = create_progress_artifact(
+        100.0 * staged / total if total else 100.0, key=artifact_key(name, "progress"),
+        description=f"{name}: {staged}/{total} shards staged")
+    shard_task = run_shard.with_options(retries=shard_retries(), retry_delay_seconds=shard_retry_delays() or 0)
+    futures = [shard_task.submit(job_id, name, shard.key) for shard in pending]
+    failures, compute, done = [], 0.0, staged
+    for future in as_completed(futures):
+        future.wait()  # sets the future's final state (without it, .state asks the API and may lag)
+        state = future.state
+        if state.is_completed():
+            done += 1
+            compute += future.result()["compute_seconds"]
+            update_progress_artifact(progress, 100.0 * done / total,
+                                     description=f"{name}: {done}/{total} shards staged")
+        else:
+            failures.append((future, state))
+    if failures:
+        details = "; ".join(f"{state.name}: {state.message}" for _, state in failures[:3])
+        cause = failures[0][1].result(raise_on_failure=False)
+        raise RuntimeError(
+            f"{name}: {len(failures)} of {len(pending)} shards failed ({details}); nothing was published, "
+            f"the {done} finished shards stay staged for the next run"
+        ) from (cause if isinstance(cause, BaseException) else None)
+    return len(pending), compute
+
+
+def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, profile: str,
+                   overrides: dict[str, Any] | None, force: bool) -> str:
+    """The body of every stage flow (see the module docstring)."""
+    logger = get_run_logger()
+    stage = STAGES[name]
+    config = load_config(profile, dict(overrides or {}))
+    uri = resolve_store(store)
+    opened = DatasetStore(uri)
+    job_id = f"{current_flow_run.id or 'local'}-{name}-{id(opened)}"
+    try:
+        job = StageJob(stage, opened, config, inputs=inputs, force=force, run_id=current_flow_run.id)
+        logger.info("%s: store %s, inputs %s, profile %s, fingerprint %s", name, opened.uri,
+                    job.inputs or "none", profile, job.fingerprint[:12])
+        computed, compute = 0, 0.0
+        if job.cached:
+            logger.info("%s: cache hit: %s already has fingerprint %s (force=True recomputes)",
+                        name, job.cached_ref, job.fingerprint[:12])
+        else:
+            JOBS[job_id] = RunningJob(job, {shard.key: shard for shard in job.shards},
+                                      job.section.model_dump_json())
+            computed, compute = _map_shards(job_id, name, job, logger)
+            publish(job_id, name)
+        job.computed = computed
+        result = job.result()
+        metadata = opened.manifest(result.ref).get("metadata", {})
+        lines = manifest_summary(metadata)
+        for line in lines or ["no model recorded in the manifest"]:
+            (logger.warning if line.startswith("fallback") else logger.info)("%s: %s", name, line)
+        create_table_artifact([{
+            "stage": name, "ref": result.ref, "rows": result.rows, "cache hit": result.cache_hit,
+            "shards computed": result.shards_computed, "shards total": result.shards_total,
+            "quarantined": len(result.quarantined), "seconds": result.seconds,
+            "seconds in run_shard": round(compute, 3), "fallback": metadata.get("fallback") or "",
+            "store": opened.uri,
+        }], key=artifact_key(name, "result"), description=f"{name}: {result.ref} ({'cache hit' if result.cache_hit else 'computed'})")
+        for record in result.quarantined[:20]:
+            logger.warning("%s: quarantined %s: %s", name, record.get("item"), record.get("reason"))
+        try:
+            preview = preview_markdown(opened, result.ref)
+        except Exception as exc:  # a preview must never fail a stage that succeeded
+            logger.warning("%s: no preview (%s: %s)", name, type(exc).__name__, exc)
+            preview = None
+        if preview:
+            create_markdown_artifact(preview, key=artifact_key(name, "preview"), description=f"{name}: {result.ref}")
+        logger.info("%s: %s, %d rows, %s", name, result.ref, result.rows,
+                    "cache hit" if result.cache_hit else f"{computed}/{result.shards_total} shards computed")
+        return result.ref
+    finally:
+        JOBS.pop(job_id, None)
+        opened.close()
+
+
+def make_stage_flow(name: str):
+    """The Prefect flow `dspo-<name>` for the stage `STAGES[name]`."""
+    stage = STAGES[name]
+
+    def stage_flow(store: str | None = None, inputs: dict[str, str] | None = None, profile: str = "demo",
+                   overrides: dict[str, Any] | None = None, force: bool = False) -> str:
+        return run_stage_flow(name, store, inputs, profile, overrides, force)
+
+    accepted = [*stage.inputs, *stage.optional_inputs]
+    stage_flow.__doc__ = f"""Run stage {name!r}: {', '.join(accepted) or 'source files'} -> {stage.output}.
+
+        Args:
+            store: Dataset store URI (s3://bucket/prefix, file:///path). Empty: $DSPO_STORE, else
+                .dspo/store in the project folder.
+            inputs: Input refs by dataset name, e.g. {{"{accepted[0] if accepted else 'name'}": "{accepted[0] if accepted else 'name'}@v2"}};
+                missing ones: @latest. Accepted: {', '.join(accepted) or 'none'}.
+            profile: Profile in configs/ (demo, test, full) or a YAML path.
+            overrides: Dotted config overrides, e.g. {{"{name}.shard_size": 8}}.
+            force: Recompute even if a version with this fingerprint exists.
+        """
+    stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
+    stage_flow.__module__ = __name__
+    return flow(name=flow_name(name), task_runner=ThreadPoolTaskRunner(max_workers=shard_workers()),
+                persist_result=True, description=f"Stage {name}: -> {stage.output} (pipeline.stages.STAGES[{name!r}])",
+                )(stage_flow)
+
+
+#: Stage flows by stage name, in pipeline order; also module attributes `dspo_<stage>`.
+STAGE_FLOWS = {name: make_stage_flow(name) for name in STAGES}
+globals().update({f"dspo_{name}": stage_flow for name, stage_flow in STAGE_FLOWS.items()})

@@ -1,0 +1,340 @@
+"""The Prefect flows (flows/): stage flows on a tmp file:// store with the `test` profile, under
+`prefect_test_harness` (a temporary API and database) with result storage in a tmp folder.
+
+Covers: refs and fingerprint cache hits, artifacts with stable keys, retry of a shard on a
+transient storage error (and no retry on other errors), failures that publish nothing, the
+parent flow as in-process subflows, and the parent's skipping of completed stages when it is
+retried (deployment mode, with run_deployment replaced by a fake), plus prefect.yaml's shape.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from flows import parent as parent_module
+from flows.common import WORK_POOL, artifact_key
+from flows.stage_flows import STAGE_FLOWS, BUILD_LOCK, StagePool, is_transient_storage_error
+from pipeline.stages import STAGES
+from pipeline.stages.degrade import DegradeStage
+from storage import DatasetStore, StorageUnavailableError, StoragePermissionError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    """A temporary Prefect API for this module; task/flow results go to a tmp folder."""
+    results = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(results)}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield results
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setenv("DSPO_SHARD_RETRY_DELAY", "0.1")
+    monkeypatch.setenv("DSPO_SHARD_RETRIES", "2")
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory) -> str:
+    return (tmp_path_factory.mktemp("flows") / "store").as_uri()
+
+
+@pytest.fixture(scope="module")
+def chain(harness, store_uri):
+    """ingest -> degrade once for the module: {'ingest': state, 'degrade': state}."""
+    states = {"ingest": STAGE_FLOWS["ingest"](store=store_uri, profile="test", return_state=True)}
+    states["degrade"] = STAGE_FLOWS["degrade"](store=store_uri, profile="test", return_state=True)
+    return states
+
+
+def flow_run_id(state):
+    return state.state_details.flow_run_id
+
+
+def artifacts_of(run_id) -> dict[str, object]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return {artifact.key: artifact for artifact in found}
+
+
+def task_runs_of(run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))
+
+
+def table_row(artifact) -> dict:
+    data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return data[0]
+
+
+# ----------------------------------------------------------------------------- no API needed
+def test_one_flow_per_stage_named_after_it():
+    assert list(STAGE_FLOWS) == list(STAGES)
+    from flows import stage_flows
+
+    for name, stage_flow in STAGE_FLOWS.items():
+        assert stage_flow.name == f"dspo-{name}"
+        assert getattr(stage_flows, f"dspo_{name}") is stage_flow
+        assert list(stage_flow.parameters.properties) == ["store", "inputs", "profile", "overrides", "force"]
+    assert parent_module.dspo.name == "dspo"
+
+
+def test_prefect_yaml_deploys_every_stage_without_a_machine_path():
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert config["pull"] == [{"prefect.deployments.steps.set_working_directory":
+                               {"directory": "{{ $DSPO_PROJECT_DIR }}"}}]
+    text = (ROOT / "prefect.yaml").read_text()
+    assert str(ROOT) not in text
+    deployments = {(d["entrypoint"], d["name"]) for d in config["deployments"]}
+    expected = {("flows/parent.py:dspo", "full-pipeline")} | {
+        (f"flows/stage_flows.py:dspo_{name}", "stage") for name in STAGES}
+    assert deployments == expected, ("prefect.yaml must have exactly one `stage` deployment per stage in "
+                                     f"pipeline.stages.STAGES; missing {sorted(expected - deployments)}, "
+                                     f"extra {sorted(deployments - expected)}")
+    for deployment in config["deployments"]:
+        assert deployment["work_pool"]["name"] == WORK_POOL
+        assert deployment["parameters"]["profile"] == "demo"
+        assert "store" not in deployment["parameters"]  # resolved on the worker: $DSPO_STORE or the project's
+
+
+def test_entrypoints_load(monkeypatch):
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.chdir(ROOT)
+    for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
+        loaded = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+        name = deployment["entrypoint"].rsplit("dspo_", 1)[-1] if "stage_flows" in deployment["entrypoint"] else None
+        assert loaded.name == (f"dspo-{name}" if name else "dspo")
+
+
+def test_retry_condition_only_transient_storage_errors():
+    assert is_transient_storage_error(StorageUnavailableError("read x: still failing after 4 attempts: 503"))
+    assert is_transient_storage_error(ConnectionResetError("reset by peer"))
+    assert is_transient_storage_error(TimeoutError())
+    assert not is_transient_storage_error(StorageUnavailableError("write x: the bucket does not exist"))
+    assert not is_transient_storage_error(StoragePermissionError("access denied"))
+    assert not is_transient_storage_error(ValueError("bad config"))
+    assert not is_transient_storage_error(FileNotFoundError("missing"))
+
+
+def test_stage_pool_gives_each_thread_its_own_instance():
+    pool = StagePool(STAGES["degrade"])
+    seen, barrier = [], threading.Barrier(3)
+
+    def borrow():
+        with pool.borrow("config") as (instance, warm):
+            barrier.wait(timeout=10)
+            seen.append((id(instance), warm))
+
+    threads = [threading.Thread(target=borrow) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({instance for instance, _ in seen}) == 3 and pool.size == 3
+    assert not any(warm for _, warm in seen)
+    with pool.borrow("config") as (instance, warm):
+        assert warm  # reused, models already built for this config
+    assert not BUILD_LOCK.locked()
+
+
+# ----------------------------------------------------------------------------- stage flows
+def test_ingest_and_degrade_publish_and_record_artifacts(chain, store_uri):
+    assert chain["ingest"].is_completed() and chain["degrade"].is_completed()
+    assert chain["ingest"].result() == "hr_images@v1"
+    assert chain["degrade"].result() == "lq_pairs@v1"
+    store = DatasetStore(store_uri)
+    manifest = store.manifest("lq_pairs@v1")
+    assert manifest["inputs"] == ["hr_images@v1"]
+    assert manifest["run_id"] == str(flow_run_id(chain["degrade"]))
+    artifacts = artifacts_of(flow_run_id(chain["degrade"]))
+    assert {artifact_key("degrade", kind) for kind in ("result", "preview", "progress")} <= set(artifacts)
+    row = table_row(artifacts["dspo-degrade-result"])
+    assert row["ref"] == "lq_pairs@v1" and row["rows"] == store.manifest("lq_pairs@v1")["rows"] > 0
+    assert row["cache hit"] is False and row["shards computed"] == row["shards total"] >= 2
+    assert row["quarantined"] == 0 and row["seconds"] > 0
+    assert artifacts["dspo-degrade-progress"].data == 100.0
+    assert artifacts["dspo-degrade-preview"].data.count("data:image/png;base64,") >= 4
+    assert len(artifacts["dspo-degrade-preview"].data) < 100_000
+    assert "dspo-ingest-result" in artifacts_of(flow_run_id(chain["ingest"]))
+    shard_runs = [run for run in task_runs_of(flow_run_id(chain["degrade"])) if run.name.startswith("degrade-shard-")]
+    assert len(shard_runs) == row["shards total"] and all(run.state.is_completed() for run in shard_runs)
+
+
+def test_rerun_is_a_cache_hit(chain, store_uri, caplog):
+    state = STAGE_FLOWS["degrade"](store=store_uri, profile="test", return_state=True)
+    assert state.result() == "lq_pairs@v1"
+    assert DatasetStore(store_uri).versions("lq_pairs") == [1]
+    row = table_row(artifacts_of(flow_run_id(state))["dspo-degrade-result"])
+    assert row["cache hit"] is True and row["shards computed"] == 0
+    assert not [run for run in task_runs_of(flow_run_id(state)) if run.name.startswith("degrade-shard-")]
+    assert any("degrade: cache hit: lq_pairs@v1" in record.getMessage() for record in caplog.records)
+
+
+def test_transient_storage_error_in_a_shard_is_retried(chain, store_uri, monkeypatch):
+    original = DegradeStage.run_shard
+    calls: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def flaky(self, store, inputs, section, shard):
+        with lock:
+            calls[shard.key] = calls.get(shard.key, 0) + 1
+            first = shard.key == "shard-00001" and calls[shard.key] == 1
+        if first:
+            raise StorageUnavailableError("read lq_pairs: still failing after 4 attempts: HTTP 503 (injected)")
+        return original(self, store, inputs, section, shard)
+
+    monkeypatch.setattr(DegradeStage, "run_shard", flaky)
+    state = STAGE_FLOWS["degrade"](store=store_uri, profile="test", force=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result() == "lq_pairs@v2"
+    assert calls["shard-00001"] == 2 and all(count == 1 for key, count in calls.items() if key != "shard-00001")
+    runs = {run.name: run for run in task_runs_of(flow_run_id(state))}
+    assert runs["degrade-shard-00001"].run_count == 2 and runs["degrade-shard-00000"].run_count == 1
+    store = DatasetStore(store_uri)
+    assert store.read_arrow("lq_pairs@v2").drop_columns([]).equals(store.read_arrow("lq_pairs@v1"))
+
+
+def test_permanent_error_in_a_shard_fails_the_flow_without_retry_and_publishes_nothing(chain, store_uri,
+                                                                                       monkeypatch):
+    original = DegradeStage.run_shard
+    calls: dict[str, int] = {}
+
+    def broken(self, store, inputs, section, shard):
+        calls[shard.key] = calls.get(shard.key, 0) + 1
+        if shard.key == "shard-00002":
+            raise ValueError("injected permanent fault")
+        return original(self, store, inputs, section, shard)
+
+    store = DatasetStore(store_uri)
+    before = store.versions("lq_pairs")
+    monkeypatch.setattr(DegradeStage, "run_shard", broken)
+    state = STAGE_FLOWS["degrade"](store=store_uri, profile="test", force=True, return_state=True)
+    assert state.is_failed()
+    assert "1 of 3 shards failed" in state.message and "nothing was published" in state.message
+    assert calls["shard-00002"] == 1  # not retried: not a storage error
+    assert DatasetStore(store_uri).versions("lq_pairs") == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"overrides": {"degrade.no_such_option": 1}}, "no_such_option"),
+    ({"inputs": {"hr_images": "hr_images@v99"}}, "hr_images@v99"),
+    ({"inputs": {"no_such_dataset": "x@v1"}}, "no_such_dataset"),
+], ids=["bad-override", "missing-input-version", "unknown-input"])
+def test_bad_parameters_fail_the_flow_and_publish_nothing(chain, store_uri, kwargs, message):
+    before = {name: DatasetStore(store_uri).versions(name) for name in ("hr_images", "lq_pairs")}
+    state = STAGE_FLOWS["degrade"](store=store_uri, profile="test", return_state=True, **kwargs)
+    assert state.is_failed()
+    assert message in state.message
+    assert {name: DatasetStore(store_uri).versions(name) for name in before} == before
+
+
+# ----------------------------------------------------------------------------- parent flow
+def test_parent_runs_every_stage_as_subflows(chain, store_uri):
+    state = parent_module.dspo(store=store_uri, profile="test", mode="subflows", return_state=True)
+    assert state.is_completed(), state.message
+    outputs = state.result()
+    assert list(outputs) == [stage.output for stage in STAGES.values()]
+    assert outputs["hr_images"] == "hr_images@v1"            # cache hit
+    store = DatasetStore(store_uri)
+    assert outputs["lq_pairs"] == f"lq_pairs@v{store.versions('lq_pairs')[-1]}"
+    assert store.manifest(outputs["preferences"])["rows"] > 0
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id(state)])))
+        names = sorted(client.read_flow(run.flow_id).name for run in children)
+    assert names == sorted(f"dspo-{name}" for name in STAGES)
+    assert all(run.state.is_completed() for run in children)
+    summary = artifacts_of(flow_run_id(state))["dspo-pipeline-summary"]
+    assert [row["ref"] for row in json.loads(summary.data)] == list(outputs.values())
+
+
+def test_child_ref_falls_back_to_the_result_artifact(chain):
+    """A parent that cannot read a stage run's result storage finds the ref in its result artifact."""
+    class Unreadable:
+        def result(self, raise_on_failure=True):
+            raise RuntimeError("result storage of another machine")
+
+    child = FakeRun("degrade-run", Unreadable())
+    child.id = flow_run_id(chain["degrade"])
+    assert parent_module.child_ref(child, "degrade") == "lq_pairs@v1"
+    child.id = flow_run_id(chain["ingest"])
+    with pytest.raises(parent_module.StageRunFailed, match="neither in a readable result nor in its result artifact"):
+        parent_module.child_ref(child, "degrade")
+
+
+class FakeRun:
+    def __init__(self, name, state):
+        self.id, self.name, self.state = name, name, state
+
+
+def test_retried_parent_skips_completed_stages(harness, monkeypatch):
+    """Deployment mode with run_deployment faked: the first attempt fails at `sample`; the retry
+    (same flow run) takes ingest and degrade from the task cache and launches only the rest."""
+    from prefect.states import Completed, Failed
+
+    launched: list[str] = []
+
+    def fake_run_deployment(name, parameters, timeout, poll_interval):
+        stage = name.split("/")[0].removeprefix("dspo-")
+        launched.append(stage)
+        if stage == "sample" and launched.count("sample") == 1:
+            return FakeRun(name, Failed(message="injected child failure"))
+        return FakeRun(name, Completed())
+
+    monkeypatch.setattr(parent_module, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(parent_module, "child_ref", lambda child, stage: f"{STAGES[stage].output}@v1")
+    retrying = parent_module.dspo.with_options(retries=1, retry_delay_seconds=0)
+    state = retrying(store="memory://retry-test", profile="test", mode="deployments", return_state=True)
+    assert state.is_completed(), state.message
+    assert launched == ["ingest", "degrade", "sample", "sample", *list(STAGES)[3:]]
+    assert state.result()["preferences"] == "preferences@v1"
+
+
+def test_failed_child_fails_the_parent(harness, monkeypatch):
+    from prefect.states import Completed, Crashed
+
+    def fake_run_deployment(name, parameters, timeout, poll_interval):
+        return FakeRun(name, Crashed(message="worker died") if "degrade" in name else Completed())
+
+    monkeypatch.setattr(parent_module, "run_deployment", fake_run_deployment)
+    monkeypatch.setattr(parent_module, "child_ref", lambda child, stage: f"{STAGES[stage].output}@v1")
+    state = parent_module.dspo(store="memory://fail-test", profile="test", mode="deployments", return_state=True)
+    assert state.is_failed()
+    assert "stage degrade" in state.message and "CRASHED" in state.message
+
+
+def test_concurrent_shards_match_serial_shards(chain, store_uri):
+    """Shards on 3 threads, each with its own stage instance (cold: models built under the build
+    lock), give the same candidates as one thread: per-thread instances are deterministic."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows import stage_flows
+
+    stage_flows.POOLS.pop("sample", None)
+    refs = []
+    for workers in (3, 1):
+        # Same shard size both times: backbones sample a shard as one batch, and batch composition may
+        # change the last bits of a diffusion output (shard_size is part of the fingerprint).
+        sample = STAGE_FLOWS["sample"].with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+        refs.append(sample(store=store_uri, profile="test", inputs={"lq_pairs": "lq_pairs@v1"},
+                           overrides={"sample.shard_size": 2}, force=True))
+    assert stage_flows.POOLS["sample"].size == 3
+    store = DatasetStore(store_uri)
+    concurrent, serial = (store.read_arrow(ref).sort_by("candidate_id") for ref in refs)
+    assert concurrent.num_rows == serial.num_rows > 0
+    assert concurrent.equals(serial)
