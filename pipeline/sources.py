@@ -6,13 +6,20 @@ etag) feeds the ingest fingerprint, so changed files make a new version.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
+import itertools
 import os
+import threading
 from dataclasses import dataclass
 from importlib import util as importlib_util
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage import IMAGE_TYPE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 DEMO_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -50,30 +57,64 @@ def _s3_items(uri: str) -> list[SourceItem]:
     return items
 
 
+class _TableFile:
+    """One Parquet file, or Arrow stream file (what `datasets.save_to_disk` writes), of a table
+    source, read a row group / record batch at a time so that a large source is never held
+    in memory. The chunk last read is kept (items are read in order, a shard at a time)."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self._lock = threading.Lock()
+        self._cached: tuple[int, list] | None = None
+        self.column = next((field.name for field in self._schema() if field.type == IMAGE_TYPE), None)
+        if self.column is None:
+            raise ValueError(f"ingest source {file}: no image column ({{bytes, path}} struct)")
+
+    def _schema(self) -> pa.Schema:
+        if self.file.suffix == ".arrow":
+            with pa.memory_map(str(self.file)) as source:
+                return pa.ipc.open_stream(source).schema
+        return pq.ParquetFile(self.file).schema_arrow
+
+    def _chunks(self, columns: list[str]) -> Iterator[pa.StructArray]:
+        """The image column (restricted to `columns`' subfields) chunk by chunk."""
+        if self.file.suffix == ".arrow":
+            with pa.memory_map(str(self.file)) as source:
+                for batch in pa.ipc.open_stream(source):
+                    yield batch.column(self.column)
+        else:
+            parquet = pq.ParquetFile(self.file)
+            for index in range(parquet.num_row_groups):
+                yield parquet.read_row_group(index, columns=columns).column(self.column).combine_chunks()
+
+    def image_paths(self) -> Iterator[tuple[int, list[str | None]]]:
+        """(chunk index, the `path` of each image in it); reads no image bytes from Parquet."""
+        for index, chunk in enumerate(self._chunks([f"{self.column}.path"])):
+            yield index, chunk.field("path").to_pylist()
+
+    def image_bytes(self, chunk_index: int, row: int) -> bytes:
+        with self._lock:
+            if self._cached is None or self._cached[0] != chunk_index:
+                chunk = next(itertools.islice(self._chunks([self.column]), chunk_index, None))
+                self._cached = (chunk_index, chunk.field("bytes").to_pylist())
+            return self._cached[1][row] or b""
+
+
 def _table_items(root: Path) -> list[SourceItem]:
     """Rows of Parquet files (or a `save_to_disk` folder's Arrow files) with an image column;
-    an item is named by the image's own `path` when it has one, else `<file>#<row>`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from storage import IMAGE_TYPE
-
-    def read(file: Path) -> "pa.Table":
-        if file.suffix == ".arrow":  # `datasets.save_to_disk` writes the Arrow streaming format
-            with pa.memory_map(str(file)) as source:
-                return pa.ipc.open_stream(source).read_all()
-        return pq.read_table(file)
-
+    an item is named by the image's own `path` when it has one, else `<file>#<row>`. An
+    item's identity is its file's size and mtime with its position (listing reads no image bytes)."""
     items = []
     for file in sorted(root.glob("*.arrow")) or sorted(root.glob("*.parquet")):
-        table = read(file)
-        columns = [field.name for field in table.schema if field.type == IMAGE_TYPE]
-        if not columns:
-            raise ValueError(f"ingest source {file}: no image column ({{bytes, path}} struct)")
-        for index, cell in enumerate(table.column(columns[0]).to_pylist()):
-            data = (cell or {}).get("bytes") or b""
-            name = (cell or {}).get("path") or f"{file.name}#{index}"
-            items.append(SourceItem(name, f"{len(data)}:{hashlib.sha256(data).hexdigest()[:16]}", lambda d=data: d))
+        table_file = _TableFile(file)
+        stat = file.stat()
+        row = 0
+        for chunk_index, paths in table_file.image_paths():
+            for offset, path in enumerate(paths):
+                identity = f"{stat.st_size}:{stat.st_mtime_ns}#{row}"
+                read = functools.partial(table_file.image_bytes, chunk_index, offset)
+                items.append(SourceItem(path or f"{file.name}#{row}", identity, read))
+                row += 1
     return items
 
 

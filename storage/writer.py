@@ -20,6 +20,9 @@ from storage.errors import SchemaMismatchError, StoreError
 from storage.images import image_columns, image_features
 
 IMAGE_ROW_GROUP_ROWS = 64
+#: Image row groups also end at this many bytes: a reader holds one row group at a time, so
+#: this bounds a stage's memory whatever the image size (64 full-size photos are ~30 MB+).
+IMAGE_ROW_GROUP_BYTES = 8 * 1024 * 1024
 PLAIN_ROW_GROUP_ROWS = 64 * 1024
 
 
@@ -63,16 +66,21 @@ class PartWriter:
         dataset:        dataset name, for error messages.
         row_group_rows: rows per Parquet row group; default 64 for tables with image columns
                         (so a reader fetches few images at a time), 65536 otherwise.
+        row_group_bytes: a row group of a table with image columns also ends once its
+                        uncompressed Arrow size would pass this (default 8 MiB; at least
+                        one row per group); tables without images are bounded by rows only.
         max_part_bytes: a new part file starts once the current one reaches this size.
     """
 
     def __init__(self, backend: Backend, folder: str, txn: str, dataset: str,
-                 row_group_rows: int | None = None, max_part_bytes: int = 256 * 1024 * 1024):
+                 row_group_rows: int | None = None, max_part_bytes: int = 256 * 1024 * 1024,
+                 row_group_bytes: int = IMAGE_ROW_GROUP_BYTES):
         self.backend = backend
         self.folder = folder
         self.txn = txn
         self.dataset = dataset
         self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
         self.max_part_bytes = max_part_bytes
         self.files: list[dict] = []
         self.schema: pa.Schema | None = None
@@ -80,7 +88,7 @@ class PartWriter:
     def write(self, batches: Iterable[pa.RecordBatch], schema: pa.Schema | None = None) -> list[dict]:
         """Write every batch; returns [{path, rows, bytes, sha256}] with paths relative to the dataset."""
         pending: list[pa.RecordBatch] = []
-        pending_rows = 0
+        pending_rows = pending_bytes = 0
         part = None
         for batch in batches:
             if self.schema is None:
@@ -92,11 +100,12 @@ class PartWriter:
                 )
             pending.append(batch)
             pending_rows += batch.num_rows
-            while pending_rows >= self.row_group_rows:
+            pending_bytes += batch.nbytes
+            while rows := self._full_group_rows(pending_rows, pending_bytes):
                 table = pa.Table.from_batches(pending, schema=self.schema)
-                head, rest = table.slice(0, self.row_group_rows), table.slice(self.row_group_rows)
+                head, rest = table.slice(0, rows), table.slice(rows)
                 part = self._write_group(part, head)
-                pending, pending_rows = rest.to_batches(), rest.num_rows
+                pending, pending_rows, pending_bytes = rest.to_batches(), rest.num_rows, rest.nbytes
         if self.schema is None:
             if schema is None:
                 raise StoreError(f"publish of {self.dataset!r} got no rows and no schema; "
@@ -107,11 +116,19 @@ class PartWriter:
         self._finish_part(part)
         return self.files
 
+    def _full_group_rows(self, rows: int, nbytes: int) -> int:
+        """Rows of the next row group to write now, or 0 while the pending rows fill less than one."""
+        if self._byte_bounded and rows and nbytes >= self.row_group_bytes:
+            # Rows are cut by their average size: exact per-row sizes would cost a pass over the offsets.
+            return max(1, min(rows, self.row_group_rows, rows * self.row_group_bytes // nbytes))
+        return self.row_group_rows if rows >= self.row_group_rows else 0
+
     def _start(self, schema: pa.Schema) -> None:
         self.schema = storage_schema(schema)
         images = image_columns(self.schema)
         if self.row_group_rows is None:
             self.row_group_rows = IMAGE_ROW_GROUP_ROWS if images else PLAIN_ROW_GROUP_ROWS
+        self._byte_bounded = bool(images)
         raw_paths = {f"{column}.bytes" for column in images}
         leaves = _leaf_paths(self.schema)
         self._compression = {path: ("NONE" if path in raw_paths else "ZSTD") for path in leaves}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from skimage import data as skdata
@@ -168,7 +169,11 @@ def test_ingest_from_parquet_and_hf_folders(tmp_path):
     hf_folder = tmp_path / "as-hf"
     store.pull(first.ref, str(hf_folder), format="hf")
     expected = set(store.read_arrow(first.ref, columns=["image_id"]).column(0).to_pylist())
-    for folder in (parquet_folder, hf_folder):
+    # One image per row group: items are read back chunk by chunk, never as a whole table.
+    one_per_group = tmp_path / "one-per-group"
+    one_per_group.mkdir()
+    pq.write_table(store.read_arrow(first.ref), one_per_group / "images.parquet", row_group_size=1)
+    for folder in (parquet_folder, hf_folder, one_per_group):
         other = DatasetStore(str(tmp_path / f"store-{folder.name}"))
         result = run_stage(STAGES["ingest"], other, load_config("test", {"ingest.source": str(folder)}))
         # Same pixels re-encoded as PNG by the first ingest: ids are hashes of these bytes, so compare pixels.

@@ -265,3 +265,25 @@ def test_read_where_in_reads_only_matching_row_groups(store):
     assert table.column_names == ["value"] and sorted(table.column("value").to_pylist()) == [3.0, 250.0]
     assert store.read_where_in(ref, "id", ["nope"]).num_rows == 0
     assert store.read_where_in(ref, "id", ["nope"]).schema.names == ["id", "value", "split"]
+
+
+@pytest.mark.parametrize("batch_rows", [1, 7, 40])
+def test_image_row_groups_are_bounded_in_bytes(tmp_path, batch_rows):
+    import pyarrow.parquet as pq
+
+    from storage import IMAGE_TYPE
+    from storage.writer import IMAGE_ROW_GROUP_BYTES
+
+    rng = np.random.default_rng(batch_rows)
+    row_bytes = 512 * 1024
+    images = [{"bytes": rng.bytes(row_bytes), "path": None} for _ in range(40)]
+    table = pa.table({"id": [f"img-{i:02d}" for i in range(40)], "image": pa.array(images, type=IMAGE_TYPE)})
+    store = DatasetStore(str(tmp_path / "s"))
+    ref = store.publish("big_images", table.to_batches(max_chunksize=batch_rows))
+    files = store.manifest(ref)["files"]
+    metadata = [pq.ParquetFile(tmp_path / "s" / "big_images" / item["path"]).metadata for item in files]
+    groups = [part.row_group(i) for part in metadata for i in range(part.num_row_groups)]
+    assert len(groups) >= 40 * row_bytes // IMAGE_ROW_GROUP_BYTES
+    assert all(group.total_byte_size <= IMAGE_ROW_GROUP_BYTES + row_bytes for group in groups)
+    assert sum(group.num_rows for group in groups) == 40
+    assert store.read_arrow(ref).column("image").to_pylist() == table.column("image").to_pylist()
