@@ -1,6 +1,6 @@
 """Training-step cost on the tiny backbone: pairs/s and peak RSS, as ratios, in one run.
 
-What it measures (each configuration in its own child process, so ru_maxrss is its own peak)
+What it measures (memory: each configuration in its own child process, so ru_maxrss is its own peak)
     mask      DSPO (instance masks, weights) vs image-level Diffusion-DPO
               (``instance_masks=False``) on the same pairs: the masking overhead.
               Goal: time ratio <= 1.05x.
@@ -11,13 +11,20 @@ What it measures (each configuration in its own child process, so ru_maxrss is i
     cache     cached latents (``cache_latents=True``: VAE once per run) vs VAE-encoding every
               micro-batch (``cache_latents=False``): speed.
 
-    Every child builds the same tiny model (``build_tiny_sd`` seed 0), makes the same pairs
-    (64 px, random masks), runs --warmup optimizer steps, then times --steps steps
-    (``trainer.train_step``); it prints pairs/s and ru_maxrss. The parent runs the
-    configurations interleaved --repeat times (shared machines drift) and reports medians and
-    the ratios. Also printed: the UNet and LoRA parameter bytes (what the memory ratios
-    should reflect; on the tiny model they are small next to the ~0.5 GB of the Python/torch
-    runtime, so the RSS ratios are near 1 and the byte counts are the informative figure).
+    The parent builds the tiny model once (``build_tiny_sd`` seed 0); children load it and
+    make the same pairs (64 px, random masks). Speed is pairs per CPU-second
+    (``time.process_time``): with one thread that is the compute time, which other processes
+    on a shared machine move much less than wall time (also printed).
+      time ratios   one "race" child per comparison (``COMPARISONS``) builds both trainers and
+                    alternates single optimizer steps (ABBA order) after --warmup steps each,
+                    so both see the same machine state; --repeat races, median and range.
+      memory        one child per configuration: peak RSS (ru_maxrss) and "training RSS", the
+                    peak minus the RSS after loading the model, before building the trainer
+                    (what the trainer, its reference and its optimizer state added); also its
+                    standalone speed and the trainer's setup time (the latent cache fill).
+    Also printed: the UNet and LoRA parameter bytes (what the memory ratios should reflect;
+    on the tiny model they are small next to the ~0.9 GB of the Python/torch runtime, so the
+    peak RSS ratios are near 1).
 
 How to run
     .venv/bin/python bench/train.py [--steps 20] [--warmup 3] [--batch-size 4] [--repeat 3]
@@ -80,104 +87,189 @@ def _pairs(count: int, seed: int = 0):
     return pairs
 
 
-def child(name: str, args: argparse.Namespace) -> dict:
-    import torch
+#: (baseline, variant, label, note): each ratio is variant time per pair / baseline's.
+COMPARISONS = (
+    ("image", "dspo", "DSPO / image-level DPO", "(goal: time <= 1.05x)"),
+    ("dspo", "ref_copy", "frozen-copy ref / adapter-disabled ref (LoRA)", ""),
+    ("dspo", "full_ft", "full_finetune / LoRA", ""),
+    ("dspo", "no_cache", "per-step VAE encode / cached latents", ""),
+)
 
-    from dspo_core.sr import TinySDBackbone, TinySDConfig, build_tiny_sd
+
+def _rss_mb() -> float:
+    """Current resident set size of this process, MB (Linux /proc)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _backbone(args: argparse.Namespace):
+    from dspo_core.sr import TinySDBackbone, TinySDConfig
+
+    return TinySDBackbone(TinySDConfig(path=args.model_dir))
+
+
+def _trainer(name: str, args: argparse.Namespace, backbone):
     from dspo_core.train import DSPOTrainer, TrainConfig
 
-    torch.set_num_threads(args.threads)
     options = dict(CONFIGS[name])
     ref_copy = options.pop("_ref_copy", False)
     config = TrainConfig(
         seed=0, max_steps=args.warmup + args.steps, batch_size=args.batch_size, learning_rate=1e-4,
         text_mode=args.text_mode, **options,
     )
-    with tempfile.TemporaryDirectory(prefix="dspo-bench-train-") as scratch:
-        backbone = TinySDBackbone(TinySDConfig(path=build_tiny_sd(scratch, seed=0)))
-        trainer = DSPOTrainer(backbone, config, _pairs(args.pairs))
-        if ref_copy:  # LoRA policy, reference = a frozen deep copy (adapters disabled in it)
-            reference = copy.deepcopy(backbone.unet).requires_grad_(False).eval()
-            reference.disable_adapters()
-            trainer._ref_unet = reference
+    trainer = DSPOTrainer(backbone, config, _pairs(args.pairs))
+    if ref_copy:  # LoRA policy, reference = a frozen deep copy (adapters disabled in it)
+        reference = copy.deepcopy(backbone.unet).requires_grad_(False).eval()
+        reference.disable_adapters()
+        trainer._ref_unet = reference
+    return trainer
+
+
+def child(name: str, args: argparse.Namespace) -> dict:
+    """One configuration alone: its memory, and its speed on its own."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    backbone = _backbone(args)
+    rss_before = _rss_mb()
+    start = time.perf_counter()
+    trainer = _trainer(name, args, backbone)
+    setup = time.perf_counter() - start
+    for _ in range(args.warmup):
+        trainer.train_step()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        trainer.train_step()
+    cpu, wall = time.process_time() - cpu_start, time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "name": name,
+        "pairs_per_cpu_s": args.steps * args.batch_size / cpu,
+        "pairs_per_s": args.steps * args.batch_size / wall,
+        "setup_s": setup,
+        "peak_rss_mb": peak,
+        "train_rss_mb": peak - rss_before,
+        "unet_mb": sum(p.numel() * p.element_size() for p in trainer.backbone.unet.parameters()) / 2**20,
+        "trainable_mb": sum(p.numel() * p.element_size() for p in trainer.params) / 2**20,
+    }
+
+
+def race(names: list[str], args: argparse.Namespace) -> dict[str, float]:
+    """Two configurations in one process, one optimizer step each in turn: pairs per CPU-second.
+
+    Alternating single steps (in ABBA order) exposes both to the same machine state, which on
+    a shared machine moves far more between processes minutes apart than the ratio does.
+    """
+    import torch
+
+    torch.set_num_threads(args.threads)
+    trainers = {name: _trainer(name, args, _backbone(args)) for name in names}
+    for trainer in trainers.values():
         for _ in range(args.warmup):
             trainer.train_step()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.train_step()
-        seconds = time.perf_counter() - start
-        unet = backbone.unet
-        return {
-            "name": name,
-            "pairs_per_s": args.steps * args.batch_size / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "unet_mb": sum(p.numel() * p.element_size() for p in unet.parameters()) / 2**20,
-            "trainable_mb": sum(p.numel() * p.element_size() for p in trainer.params) / 2**20,
-        }
+    cpu = dict.fromkeys(names, 0.0)
+    for step in range(args.steps):
+        for name in names if step % 2 == 0 else names[::-1]:
+            start = time.process_time()
+            trainers[name].train_step()
+            cpu[name] += time.process_time() - start
+    return {name: args.steps * args.batch_size / seconds for name, seconds in cpu.items()}
+
+
+def _run_child(mode: str, value: str, passthrough: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, mode, value, *passthrough], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    line = [row for row in out.stdout.splitlines() if row.startswith("RESULT ")]
+    if out.returncode or not line:
+        raise SystemExit(f"child {mode} {value} failed:\n{out.stdout}\n{out.stderr}")
+    return json.loads(line[0][len("RESULT "):])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per child")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per configuration and child")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved repeats of every configuration")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of every comparison (and memory child)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--text-mode", default="none", choices=("none", "prompt", "prompt+negative"))
     parser.add_argument("--configs", default=",".join(CONFIGS), help="subset of " + ",".join(CONFIGS))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--race", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args)), flush=True)
         return
+    if args.race:
+        print("RESULT " + json.dumps(race(args.race.split(","), args)), flush=True)
+        return
+
+    from dspo_core.sr import build_tiny_sd
 
     names = args.configs.split(",")
-    results: dict[str, list[dict]] = {name: [] for name in names}
+    comparisons = [c for c in COMPARISONS if c[0] in names and c[1] in names]
+    scratch = tempfile.TemporaryDirectory(prefix="dspo-bench-train-")
+    # Built once here, so no child's peak RSS includes building it.
+    model_dir = build_tiny_sd(scratch.name, seed=0)
     passthrough = [
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
         "--pairs", str(args.pairs), "--threads", str(args.threads), "--text-mode", args.text_mode,
+        "--model-dir", model_dir,
     ]
     print(
         f"tiny-sd, {SIZE}px pairs, batch {args.batch_size}, text_mode {args.text_mode}, {args.threads} thread(s), "
-        f"{args.warmup} warm-up + {args.steps} timed steps, {args.repeat} interleaved repeats",
+        f"{args.warmup} warm-up + {args.steps} timed steps, {args.repeat} repeats",
         flush=True,
     )
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {c[2]: [] for c in comparisons}
     for repeat in range(args.repeat):
         for name in names:
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", name, *passthrough], capture_output=True, text=True, cwd=ROOT
-            )
-            line = [row for row in out.stdout.splitlines() if row.startswith("RESULT ")]
-            if out.returncode or not line:
-                raise SystemExit(f"child {name} failed:\n{out.stdout}\n{out.stderr}")
-            record = json.loads(line[0][len("RESULT "):])
+            record = _run_child("--child", name, passthrough)
             results[name].append(record)
-            print(f"  repeat {repeat} {name:9s} {record['pairs_per_s']:7.1f} pairs/s  {record['peak_rss_mb']:7.1f} MB", flush=True)
+            print(
+                f"  repeat {repeat} {name:9s} {record['pairs_per_cpu_s']:6.1f} pairs/CPU-s {record['pairs_per_s']:6.1f} "
+                f"pairs/s  peak {record['peak_rss_mb']:6.1f} MB  training +{record['train_rss_mb']:5.1f} MB",
+                flush=True,
+            )
+        for baseline, variant, label, _ in comparisons:
+            speed = _run_child("--race", f"{baseline},{variant}", passthrough)
+            ratios[label].append(speed[baseline] / speed[variant])
+            print(f"  repeat {repeat} race {variant} vs {baseline}: time x{ratios[label][-1]:.3f}", flush=True)
+    scratch.cleanup()
 
-    med = {
-        name: {key: statistics.median(r[key] for r in rows) for key in ("pairs_per_s", "peak_rss_mb", "unet_mb", "trainable_mb")}
-        for name, rows in results.items()
-    }
-    print(f"\n{'config':10s} {'pairs/s':>9s} {'peak RSS MB':>12s} {'UNet MB':>9s} {'trainable MB':>13s}")
+    keys = ("pairs_per_cpu_s", "pairs_per_s", "setup_s", "peak_rss_mb", "train_rss_mb", "unet_mb", "trainable_mb")
+    med = {name: {key: statistics.median(r[key] for r in rows) for key in keys} for name, rows in results.items()}
+    print(
+        f"\n{'config':10s} {'pairs/CPU-s':>11s} {'pairs/s':>8s} {'setup s':>8s} {'peak RSS MB':>12s} "
+        f"{'training MB':>12s} {'UNet MB':>8s} {'trainable MB':>13s}   (medians, one process each)"
+    )
     for name, row in med.items():
-        print(f"{name:10s} {row['pairs_per_s']:9.1f} {row['peak_rss_mb']:12.1f} {row['unet_mb']:9.2f} {row['trainable_mb']:13.3f}")
-
-    def ratio(label: str, a: str, b: str, note: str = "") -> None:
-        if a in med and b in med:
-            time_ratio = med[b]["pairs_per_s"] / med[a]["pairs_per_s"]  # time per pair of a / of b
-            rss_ratio = med[a]["peak_rss_mb"] / med[b]["peak_rss_mb"]
-            print(f"{label:44s} time x{time_ratio:5.3f}  peak RSS x{rss_ratio:5.3f}  {note}")
-
-    print()
-    ratio("DSPO / image-level DPO", "dspo", "image", "(goal: time <= 1.05x)")
-    ratio("frozen-copy ref / adapter-disabled ref (LoRA)", "ref_copy", "dspo")
-    ratio("full_finetune / LoRA", "full_ft", "dspo")
-    ratio("per-step VAE encode / cached latents", "no_cache", "dspo")
+        print(
+            f"{name:10s} {row['pairs_per_cpu_s']:11.1f} {row['pairs_per_s']:8.1f} {row['setup_s']:8.2f} "
+            f"{row['peak_rss_mb']:12.1f} {row['train_rss_mb']:12.1f} {row['unet_mb']:8.2f} {row['trainable_mb']:13.3f}"
+        )
+    print("\nratios: time from the alternating races (median, range over repeats); memory from the medians above")
+    for baseline, variant, label, note in comparisons:
+        times = ratios[label]
+        rss = med[variant]["peak_rss_mb"] / med[baseline]["peak_rss_mb"]
+        grown = med[variant]["train_rss_mb"] / max(med[baseline]["train_rss_mb"], 1e-9)
+        print(
+            f"{label:46s} time x{statistics.median(times):5.3f} ({min(times):.3f}-{max(times):.3f})  "
+            f"peak RSS x{rss:5.3f}  training RSS x{grown:5.2f}  {note}"
+        )
     if "ref_copy" in med and "dspo" in med:
         print(
             f"(the frozen copy adds one UNet: {med['dspo']['unet_mb']:.2f} MB of weights on the tiny model; "
-            f"peak RSS difference {med['ref_copy']['peak_rss_mb'] - med['dspo']['peak_rss_mb']:+.1f} MB)"
+            f"training RSS difference {med['ref_copy']['train_rss_mb'] - med['dspo']['train_rss_mb']:+.1f} MB)"
+        )
+    if "no_cache" in med and "dspo" in med:
+        print(
+            f"(cached latents pay once at setup: {med['dspo']['setup_s']:.2f} s for {args.pairs} pairs vs "
+            f"{med['no_cache']['setup_s']:.2f} s without the cache)"
         )
 
 

@@ -60,21 +60,28 @@ def _catalog_use(used_by: str, model_id: str, if_missing: str) -> ModelUse:
     return ModelUse(used_by, model_id, location.path, location.present, location.size, if_missing)
 
 
+def _backbone_uses(used_by: str, backbone: str, config: dict) -> list[ModelUse]:
+    """The weights an SR backbone loads: a catalog entry or its configured path, plus a fused LoRA.
+    Built-in backbones (bicubic, tiny-sd without a path) load none."""
+    uses = []
+    configured = config.get("path")
+    if backbone == "realesrgan":
+        variant = config.get("variant", "x4plus")
+        uses.append(_catalog_use(used_by, _REALESRGAN_IDS.get(variant, f"realesrgan-{variant}"), "error"))
+    elif backbone in _DIFFUSION_IDS and not configured:
+        uses.append(_catalog_use(used_by, _DIFFUSION_IDS[backbone], "error"))
+    elif configured:
+        uses.append(_path_use(used_by, configured, "error"))
+    if config.get("lora_path"):
+        uses.append(_path_use(f"{used_by} LoRA", config["lora_path"], "error"))
+    return uses
+
+
 def profile_models(config: PipelineConfig) -> list[ModelUse]:
     """Every model weight the profile's stages load, in stage order."""
     uses = []
     for index, source in enumerate(config.sample.sources):
-        used_by = f"sample: candidate source {index} ({source.backbone})"
-        configured = source.config.get("path")
-        if source.backbone == "realesrgan":
-            variant = source.config.get("variant", "x4plus")
-            uses.append(_catalog_use(used_by, _REALESRGAN_IDS.get(variant, f"realesrgan-{variant}"), "error"))
-        elif source.backbone in _DIFFUSION_IDS and not configured:
-            uses.append(_catalog_use(used_by, _DIFFUSION_IDS[source.backbone], "error"))
-        elif configured:
-            uses.append(_path_use(used_by, configured, "error"))
-        if source.config.get("lora_path"):
-            uses.append(_path_use(f"{used_by} LoRA", source.config["lora_path"], "error"))
+        uses += _backbone_uses(f"sample: candidate source {index} ({source.backbone})", source.backbone, source.config)
     segmenter = config.segment.segmenter
     if segmenter.name == "sam":
         if_missing = "felzenszwalb fallback" if config.segment.fallback == "felzenszwalb" else "error"
@@ -82,21 +89,26 @@ def profile_models(config: PipelineConfig) -> list[ModelUse]:
             uses.append(_path_use("segment: SAM", segmenter.sam.checkpoint, if_missing))
         elif segmenter.sam.model_type in _SAM_IDS:
             uses.append(_catalog_use("segment: SAM", _SAM_IDS[segmenter.sam.model_type], if_missing))
-    for metric in config.score.iqa.metrics:
-        if metric not in WEIGHT_FREE_METRICS:
-            uses.append(_metric_use(metric))
+    uses += [_metric_use("score", metric) for metric in config.score.iqa.metrics if metric not in WEIGHT_FREE_METRICS]
+    train = config.train
+    uses += _backbone_uses(f"train: backbone ({train.backbone})", train.backbone, train.backbone_config)
+    # evaluate rebuilds the backbone a checkpoint was trained on (from its row); with checkpoints
+    # of this profile that is the train section's, so its base weights are needed again there.
+    uses += _backbone_uses(f"evaluate: base model ({train.backbone})", train.backbone, train.backbone_config)
+    uses += [_metric_use("evaluate", metric) for metric in config.evaluate.iqa.metrics
+             if metric not in WEIGHT_FREE_METRICS]
     return uses
 
 
-def _metric_use(metric: str) -> ModelUse:
+def _metric_use(stage: str, metric: str) -> ModelUse:
     """A learned pyiqa metric: the catalog entry when there is one, else what building it
     offline reports (dspo_core.iqa checks every file pyiqa would download, and never does)."""
     if f"pyiqa-{metric}" in models.CATALOG:
-        return _catalog_use(f"score: metric {metric}", f"pyiqa-{metric}", "error")
+        return _catalog_use(f"{stage}: metric {metric}", f"pyiqa-{metric}", "error")
     from dspo_core.iqa import missing_weights  # builds the metric: imports torch and pyiqa
 
     missing = missing_weights(metric)
-    return ModelUse(f"score: metric {metric}", f"pyiqa {metric}", missing.path if missing else None,
+    return ModelUse(f"{stage}: metric {metric}", f"pyiqa {metric}", missing.path if missing else None,
                     missing is None, 0, "error")
 
 

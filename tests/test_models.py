@@ -72,3 +72,37 @@ def test_verify_checks_hash_prefixes(tmp_path, monkeypatch):
     result = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["models", "verify", "--profile", "test", "--set", "segment.segmenter.name=sam"])
     assert result.exit_code == 1 and "does not start with 01ec64" in result.output
+
+
+def test_train_and_evaluate_backbones_listed_with_weights_status(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    repo = tmp_path / "hub" / "models--stabilityai--stable-diffusion-2-1-base"
+
+    def diffusion_uses(profile: str, overrides: list[str]) -> dict:
+        uses = profile_models(load_config(profile, overrides))
+        return {use.used_by: use for use in uses if use.used_by.startswith(("train:", "evaluate: base"))}
+
+    uses = diffusion_uses("full", [])
+    assert set(uses) == {"train: backbone (one-step-sd)", "evaluate: base model (one-step-sd)"}
+    for use in uses.values():
+        assert (use.model, use.path, use.present, use.if_missing) == ("sd-2-1-base", str(repo), False, "error")
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["models", "ls", "--profile", "full"])
+    assert result.exit_code == 0, result.output
+    assert "train: backbone (one-step-sd)" in result.output and "evaluate: base model (one-step-sd)" in result.output
+
+    weights = repo / "snapshots" / "0123abc" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"\0" * 1234)
+    assert all(use.present and use.size == 1234 for use in diffusion_uses("full", []).values())
+
+    # tiny-sd is built from config (no weights) unless a path is given; a fused LoRA is listed on its own.
+    assert diffusion_uses("test", []) == {}
+    folder = tmp_path / "tiny"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text("{}")
+    uses = diffusion_uses("test", [f"train.backbone_config.path={folder}",
+                                   f"train.backbone_config.lora_path={tmp_path / 'lora'}"])
+    assert uses["train: backbone (tiny-sd)"].present and uses["train: backbone (tiny-sd)"].size == 2
+    assert uses["evaluate: base model (tiny-sd)"].path == str(folder)
+    assert not uses["train: backbone (tiny-sd) LoRA"].present and not uses["evaluate: base model (tiny-sd) LoRA"].present
