@@ -3,6 +3,11 @@
 set -euo pipefail
 packages=()
 command -v git >/dev/null || packages+=(git)
+# The labelling app's browser test drives Debian's Chromium through Playwright (which must
+# never download its own browser); fonts-dejavu-core gives pages and screenshots real glyphs.
+command -v chromium >/dev/null || packages+=(chromium)
+command -v chromedriver >/dev/null || packages+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0
 fi
@@ -12,4 +17,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${packages[@]}"
+apt-get install -y -qq --no-install-recommends "${packages[@]}"

@@ -1,9 +1,14 @@
-"""`dspo labels ...`: import human labels into `human_labels`, export labelling tasks.
+"""`dspo labels ...` (also `dspo label ...`): import human labels into `human_labels`, export
+labelling tasks, and run the labelling web app.
 
     dspo labels import FILE [--format auto|csv|parquet|label-studio] [--annotator NAME]
                             [--candidates REF] [--instances REF] [--dry-run] [--store URI]
     dspo labels export --to DIR [--format label-studio|folder] [--limit N] [--url-prefix URL]
                             [--candidates REF] [--instances REF] [--force] [--store URI]
+    dspo label serve [--host 127.0.0.1] [--port 8765] [--state-dir DIR] [--batch-size N]
+                     [--batch-seconds S] [--candidates REF] [--instances REF] [--lq-pairs REF]
+                     [--scores REF | --no-scores] [--hide-hr] [--store URI]
+    dspo label add-annotator NAME [--replace] [--state-dir DIR]      prints the new token once
 
 `import` exits 0 when at least one label was accepted, 1 when every label was rejected (or
 the file held none), 2 when the file or the store cannot be used. Rejected labels are
@@ -11,14 +16,16 @@ printed one per line on stderr: `rejected <line/row/task>: <id>: <reason>`.
 """
 from __future__ import annotations
 
+import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.text import Text
 
 from pipeline.cli.common import (
-    ERROR_EXIT, ReportingGroup, StoreOption, console, error_message, opened_store, report_error,
+    ERROR_EXIT, ReportingGroup, StoreOption, console, error_message, opened_store, project_dir, report_error,
 )
 from pipeline.labels import EXPORT_FORMATS, FORMATS, LabelFileError, export_tasks, import_labels
 
@@ -26,7 +33,8 @@ ImportFormat = Enum("ImportFormat", {name.replace("-", "_"): name for name in FO
 ExportFormat = Enum("ExportFormat", {name.replace("-", "_"): name for name in EXPORT_FORMATS}, type=str)
 
 app = typer.Typer(cls=ReportingGroup, no_args_is_help=True,
-                  help="Import human labels (best/worst candidate, hallucination) and export labelling tasks.")
+                  help="Human labels (best/worst candidate, hallucination): import, export labelling tasks, "
+                       "and the labelling web app (serve, add-annotator).")
 
 CandidatesOption = Annotated[str, typer.Option("--candidates", metavar="REF",
                                                help="Candidates the labels may name.")]
@@ -114,3 +122,67 @@ def export_command(
                               url_prefix=url_prefix, force=force)
     console().print(Text(f"exported {report.tasks} tasks ({report.images} images) from "
                          f"{', '.join(report.inputs)} to {report.folder}: {', '.join(report.files)}"), soft_wrap=True)
+
+
+StateDirOption = Annotated[Path | None, typer.Option(
+    "--state-dir", metavar="DIR", envvar="DSPO_LABEL_DIR", show_default=False,
+    help="The labelling app's state: annotator token hashes and the cookie key. Default: $DSPO_LABEL_DIR, else "
+         ".dspo/label in the project folder.")]
+
+
+def _state_dir(option: Path | None) -> Path:
+    return (option or project_dir() / ".dspo" / "label").expanduser().resolve()
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port; 0: any free port (printed).")] = 8765,
+    state_dir: StateDirOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Publish once this many labels wait.")] = 20,
+    batch_seconds: Annotated[float, typer.Option("--batch-seconds", min=0.01,
+                                                 help="... or once the oldest waiting label is this old (the "
+                                                      "most a killed server can lose).")] = 30.0,
+    candidates: Annotated[str, typer.Option("--candidates", metavar="REF", help="Candidates to show.")
+                          ] = "sr_candidates@latest",
+    instances: Annotated[str, typer.Option("--instances", metavar="REF", help="Instances to label.")
+                         ] = "instances@latest",
+    lq_pairs: Annotated[str | None, typer.Option("--lq-pairs", metavar="REF", show_default=False,
+                                                 help="LQ/HR crops; default: the candidates' input.")] = None,
+    scores: Annotated[str, typer.Option("--scores", metavar="REF", help="IQA rewards that order the queue.")
+                      ] = "instance_scores@latest",
+    no_scores: Annotated[bool, typer.Option("--no-scores", help="Serve tasks in sample order.")] = False,
+    hide_hr: Annotated[bool, typer.Option("--hide-hr", help="Show the LQ input only, not the HR crop, for "
+                                                            "reference.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Serve the labelling web app until Ctrl+C / SIGTERM; waiting labels are published on the way out."""
+    from pipeline.labels.app import LabelAppConfig, serve
+
+    config = LabelAppConfig(host=host, port=port, state_dir=_state_dir(state_dir), candidates=candidates,
+                            instances=instances, lq_pairs=lq_pairs, scores=None if no_scores else scores,
+                            show_hr=not hide_hr, batch_size=batch_size, batch_seconds=batch_seconds)
+    out = console()
+    with opened_store(store) as opened:
+        serve(opened, config, say=lambda line: (out.print(Text(line), soft_wrap=True), sys.stdout.flush()))
+
+
+@app.command("add-annotator")
+def add_annotator_command(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Annotator id, as it appears in human_labels.")],
+    replace: Annotated[bool, typer.Option("--replace", help="Issue a new token for an existing annotator (the "
+                                                            "old one stops working, its logins end).")] = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Register an annotator and print their token, once: only its hash is kept."""
+    from pipeline.labels.app.auth import Annotators, AuthError
+
+    folder = _state_dir(state_dir)
+    try:
+        token = Annotators(folder).add(name, replace=replace)
+    except AuthError as exc:
+        report_error(str(exc))
+        raise typer.Exit(ERROR_EXIT) from None
+    console(stderr=True).print(Text(f"annotator {name} added to {folder}; their token (shown once, keep it "
+                                    "secret):"), soft_wrap=True)
+    print(token)

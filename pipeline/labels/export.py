@@ -73,11 +73,12 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def _crop(image: np.ndarray, box: list[int], zoom: int, edge: np.ndarray) -> Image.Image:
+def crop(image: np.ndarray, box: list[int], zoom: int, edge: np.ndarray) -> Image.Image:
+    """`box` of `image` enlarged `zoom` times, with the `edge` pixels (at the enlarged size) outlined."""
     x, y, w, h = box
-    crop = image[y:y + h, x:x + w].repeat(zoom, axis=0).repeat(zoom, axis=1).copy()
-    crop[edge] = OUTLINE
-    return Image.fromarray(crop)
+    enlarged = image[y:y + h, x:x + w].repeat(zoom, axis=0).repeat(zoom, axis=1).copy()
+    enlarged[edge] = OUTLINE
+    return Image.fromarray(enlarged)
 
 
 def label_config(candidates: int) -> str:
@@ -206,7 +207,7 @@ def _write_instance(folder: Path, row: dict, sample: dict, url_prefix: str, repo
 
     def save(image: np.ndarray, name: str) -> str:
         path = (relative / f"{name}.png").as_posix()
-        _crop(image, box, zoom, edge).save(folder / path, format="PNG", compress_level=1)
+        crop(image, box, zoom, edge).save(folder / path, format="PNG", compress_level=1)
         report.images += 1
         return path
 

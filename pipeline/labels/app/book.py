@@ -1,0 +1,221 @@
+"""The labels the app knows, the check a submitted label must pass, and the batched publish.
+
+Submitted labels are checked at once (so the annotator sees a mistake immediately), kept in
+memory, and published as a new `human_labels` version through pipeline.labels.import_rows (the
+import path's rules and concurrent-import merge) when `batch_size` labels wait, when the oldest
+has waited `batch_seconds`, and when the app stops. A process killed between batches loses at
+most the labels of the last window; a restarted app reads `human_labels@latest` and resumes
+every annotator's queue after what was published. If the store refuses the last publish on the
+way out, the waiting labels are written to `<state_dir>/unpublished-<time>.csv`, a file
+`dspo labels import` takes as it is.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.labels.app.config import LabelAppConfig
+from pipeline.labels.app.tasks import TaskList
+from pipeline.labels.importer import DATASET, import_rows, label_id
+from pipeline.labels.readers import TEMPLATE_COLUMNS
+from storage import DatasetNotFoundError, DatasetStore
+
+log = logging.getLogger("pipeline.labels.app")
+SOURCE = "app"
+# How often the flusher wakes to check the age of the oldest waiting label, at most.
+TICK_SECONDS = 1.0
+
+
+class LabelError(ValueError):
+    """A submitted label the app refuses; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Label:
+    """One judgement as the app holds it (the CSV importer's columns)."""
+
+    annotator: str
+    sample_id: str
+    instance_id: str | None
+    best: str
+    worst: str
+    hallucination: bool
+    description: str
+    labelled_at: datetime
+
+    def row(self) -> dict:
+        """The label as an import_rows row."""
+        return {"sample_id": self.sample_id, "instance_id": self.instance_id, "best": self.best,
+                "worst": self.worst, "hallucination": self.hallucination, "description": self.description,
+                "annotator": self.annotator, "labelled_at": self.labelled_at}
+
+
+class LabelBook:
+    """Known labels (published and waiting) and their publisher.
+
+    Args:
+        store: the dataset store the labels are published to.
+        tasks: the pinned task list labels must fit.
+        config: batch_size, batch_seconds and max_description are used.
+    """
+
+    def __init__(self, store: DatasetStore, tasks: TaskList, config: LabelAppConfig):
+        self._store = store
+        self._tasks = tasks
+        self._config = config
+        self._lock = threading.Lock()          # labels, pending
+        self._publishing = threading.Lock()    # one publish at a time (flusher vs shutdown)
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        # (annotator, sample_id, instance_id) -> label: the key of one judgement in human_labels.
+        self.labels: dict[tuple[str, str, str | None], Label] = {}
+        self.pending: list[Label] = []
+        self._oldest: float | None = None      # monotonic time the oldest waiting label arrived
+        self.published_ref: str | None = None
+        self.last_error: str | None = None
+        self.published_count = 0               # labels this process published
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            ref = self._store.resolve(f"{DATASET}@latest")
+        except DatasetNotFoundError:
+            return
+        columns = ["sample_id", "instance_id", "best", "worst", "hallucination", "description", "annotator",
+                   "labelled_at"]
+        for row in self._store.read_arrow(ref, columns=columns).to_pylist():
+            label = Label(row["annotator"], row["sample_id"], row["instance_id"], row["best"], row["worst"],
+                          bool(row["hallucination"]), row["description"] or "", row["labelled_at"])
+            self.labels.setdefault((label.annotator, label.sample_id, label.instance_id), label)
+        self.published_ref = ref
+
+    def done(self, annotator: str) -> set[str]:
+        """Instance ids `annotator` has labelled (published or waiting)."""
+        with self._lock:
+            return {instance for who, _, instance in self.labels if who == annotator and instance}
+
+    def snapshot(self) -> list[Label]:
+        """Every known label."""
+        with self._lock:
+            return list(self.labels.values())
+
+    def submit(self, annotator: str, instance_id: str, best: str, worst: str, hallucination: bool,
+               description: str) -> Label:
+        """Check a label and queue it for publishing; LabelError says what is wrong."""
+        task = self._tasks.by_id.get(instance_id)
+        if task is None:
+            raise LabelError(422, f"unknown instance {instance_id[:64]!r}: not a task of {self._tasks.instances_ref}")
+        for role, candidate in (("best", best), ("worst", worst)):
+            if candidate not in task.candidates:
+                raise LabelError(422, f"unknown {role} candidate {candidate[:64]!r}: not a candidate of instance "
+                                      f"{instance_id}")
+        if best == worst:
+            raise LabelError(422, f"best and worst are the same candidate {best}")
+        description = description.strip()
+        if hallucination and not description:
+            raise LabelError(422, "describe the hallucination: what does the worst candidate invent or distort?")
+        if len(description) > self._config.max_description:
+            raise LabelError(422, f"description longer than {self._config.max_description} characters")
+        label = Label(annotator, task.sample_id, instance_id, best, worst, hallucination, description,
+                      datetime.now(timezone.utc))
+        with self._lock:
+            key = (annotator, task.sample_id, instance_id)
+            if key in self.labels:
+                raise LabelError(409, f"{annotator} already labelled instance {instance_id}")
+            self.labels[key] = label
+            self.pending.append(label)
+            self._oldest = self._oldest or time.monotonic()
+            full = len(self.pending) >= self._config.batch_size
+        if full:
+            self._wake.set()
+        return label
+
+    def flush(self) -> str | None:
+        """Publish the waiting labels now; the new human_labels ref, or None if none waited.
+        On a store error the labels stay waiting (the next flush retries) and the error is raised."""
+        with self._publishing:
+            with self._lock:
+                batch, self.pending, self._oldest = self.pending, [], None
+            if not batch:
+                return None
+            try:
+                report = import_rows(self._store, [label.row() for label in batch], source=SOURCE,
+                                     source_file="dspo label serve", candidates=self._tasks.candidates_ref,
+                                     instances=self._tasks.instances_ref)
+            except Exception as exc:
+                with self._lock:
+                    self.pending[:0] = batch
+                    self._oldest = time.monotonic()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            for rejection in report.rejected:
+                # Another import published a label for the same (annotator, instance) meanwhile: it wins.
+                log.warning("label not published: %s", rejection)
+            self.last_error = None
+            self.published_ref = report.ref or self.published_ref
+            self.published_count += report.accepted
+            log.info("published %d label(s) as %s (%d in all)", report.accepted, report.ref, report.total)
+            return report.ref
+
+    def _due(self) -> bool:
+        with self._lock:
+            return bool(self.pending) and (len(self.pending) >= self._config.batch_size
+                                           or time.monotonic() - self._oldest >= self._config.batch_seconds)
+
+    def _run(self) -> None:
+        tick = min(TICK_SECONDS, self._config.batch_seconds / 2)
+        while True:
+            self._wake.wait(tick)
+            self._wake.clear()
+            if self._stopping:
+                return
+            if self._due():
+                try:
+                    self.flush()
+                except Exception:
+                    log.exception("publishing labels failed; retrying in %.0f s", self._config.batch_seconds)
+                    self._wake.wait(self._config.batch_seconds)
+
+    def start(self) -> None:
+        """Start the background publisher."""
+        self._thread = threading.Thread(target=self._run, name="label-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the publisher and publish what still waits (else save it, see the module doc)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.flush()
+        except Exception:
+            path = self._save_unpublished()
+            log.exception("could not publish %d label(s) on exit; saved them to %s (import with `dspo labels "
+                          "import %s`)", len(self.pending), path, path)
+
+    def _save_unpublished(self) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = self._config.state_dir / f"unpublished-{stamp}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[*TEMPLATE_COLUMNS, "labelled_at"])
+            writer.writeheader()
+            for label in self.pending:
+                writer.writerow({**label.row(), "labelled_at": label.labelled_at.isoformat()})
+        return path
+
+    def label_key(self, label: Label) -> str:
+        """The human_labels label_id of `label`."""
+        return label_id(label.annotator, label.sample_id, label.instance_id)
