@@ -30,8 +30,13 @@ install: $(STAMP)
 system-deps:
 	@bash .ci/system-deps.sh
 
+# The pipeline as Prefect runs it: `dspo up` starts the local stack in .dspo/stack (or reuses
+# it), `dspo pipeline` runs `prefect deployment run dspo/full-pipeline --watch` on it (each
+# stage its own flow run; a second `make run` finds every stage's output in the store: a cache
+# hit per stage) and prints where to look. `dspo down` stops the stack.
 run: $(STAMP)
-	$(VENV)/bin/dspo run --profile demo
+	$(VENV)/bin/dspo up
+	$(VENV)/bin/dspo pipeline --profile demo
 	$(VENV)/bin/dspo datasets ls
 
 test: $(STAMP)

@@ -216,6 +216,9 @@ def main() -> None:
     if args.workers:
         env["DSPO_SHARD_WORKERS"] = str(args.workers)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary API must come up while the machine is busy (20 s, Prefect's default, is not
+    # enough on a loaded 2-core machine); its start is not part of the figures.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     results = []
     for count in [int(item) for item in args.images.split(",") if item.strip()]:
         figures = run_child(count, args.profile, False, env)
@@ -254,7 +257,8 @@ def run_child(count: int, profile: str, plain: bool, env: dict) -> dict:
 def report(item: dict) -> None:
     print(f"  {item['images']} images: wall {item['wall_s']:.1f}s, compute {item['compute_s']:.1f}s "
           f"(sum over threads {item['compute_sum_s']:.1f}s), orchestration+storage "
-          f"{item['orchestration_storage_s']:.1f}s = {item['ratio']:.1%} of wall; rows {item['rows']}")
+          f"{item['orchestration_storage_s']:.1f}s = {item['ratio']:.1%} of wall; peak RSS {item['peak_rss_mb']:.0f} MB; "
+          f"rows {item['rows']}")
     for name, stage in item["stages"].items():
         overhead = stage["wall_s"] - stage["compute_s"]
         print(f"    {name:<8} flow body {stage['wall_s']:6.1f}s  compute {stage['compute_s']:6.1f}s  "

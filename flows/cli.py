@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.cli import app as pipeline_app
+from pipeline.cli import labels as labels_cli
 from pipeline.cli.common import ERROR_EXIT, ReportingGroup, StoreOption, console, report_error
 from pipeline.cli.stages import ForceOption, ProfileOption, SetOption
 from pipeline.config import parse_override
@@ -34,6 +36,7 @@ app = typer.Typer(
 )
 # Mounted without a name, so its commands sit at the top level: `dspo datasets ls`, `dspo doctor`.
 app.add_typer(pipeline_app)
+app.add_typer(labels_cli.app, name="label", help="Alias of `dspo labels`: the labelling app, import, export.")
 
 StateDirOption = Annotated[str | None, typer.Option(
     "--state-dir", metavar="DIR", envvar="DSPO_STATE_DIR", show_default=False,
@@ -59,12 +62,46 @@ def _pipeline_parameters(profile: str, overrides: list[str] | None, store: str |
     return parameters
 
 
-def _after_run(ui: str | None, store: str | None) -> None:
+def write_report(store: str | None) -> Path | None:
+    """The latest `eval_report` row as <project>/.dspo/report/v<N>/report.md + grid.png (a file to
+    open, where the store holds a Parquet row); None when the store has no report yet."""
+    from pipeline.cli.common import project_dir, store_uri
+    from storage import DatasetStore, decode_image
+
+    opened = DatasetStore(store_uri(store))
+    try:
+        if not opened.versions("eval_report"):
+            return None
+        ref = opened.resolve("eval_report@latest")
+        row = opened.read_arrow(ref, columns=["markdown", "grid"]).slice(0, 1).to_pylist()[0]
+        folder = project_dir() / ".dspo" / "report" / f"v{ref.rpartition('@v')[2]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        markdown = f"# {ref}\n\n{row['markdown']}\n"
+        if row["grid"]:
+            decode_image(row["grid"]).save(folder / "grid.png")
+            markdown += "\n![LQ | base | tuned | HR](grid.png)\n"
+        (folder / "report.md").write_text(markdown)
+        return folder / "report.md"
+    finally:
+        opened.close()
+
+
+def _after_run(ui: str | None, store: str | None, succeeded: bool = True) -> None:
     out = console()
     if ui:
         out.print(f"runs, logs and artifacts: {ui}/runs", soft_wrap=True, highlight=False)
     out.print(f"datasets:                 dspo datasets ls{' --store ' + store if store else ''}",
               soft_wrap=True, highlight=False)
+    if not succeeded:
+        return
+    try:
+        report = write_report(store)
+    except Exception as exc:  # the run is over; a report that cannot be written is worth a line, not a failure
+        console(stderr=True).print(f"warning: no evaluation report written ({type(exc).__name__}: {exc})",
+                                   soft_wrap=True, highlight=False)
+        return
+    if report:
+        out.print(f"evaluation report:        {report}", soft_wrap=True, highlight=False)
 
 
 @app.command("up")
@@ -94,7 +131,7 @@ def up_command(
         console().print(line, soft_wrap=True, highlight=False)
     if run:
         code = stack.run_pipeline(_pipeline_parameters(profile, overrides, store, force), state_dir)
-        _after_run(info.ui_url, store)
+        _after_run(info.ui_url, store, code == 0)
         raise typer.Exit(code)
 
 
@@ -162,7 +199,7 @@ def pipeline_command(
         except stack.StackError as exc:
             _fail(exc)
         code = stack.run_pipeline(parameters, state_dir)
-        _after_run(report["ui_url"], store)
+        _after_run(report["ui_url"], store, code == 0)
         raise typer.Exit(code)
     report = stack.status(state_dir)
     if report["healthy"]:

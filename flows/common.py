@@ -9,7 +9,7 @@ Environment knobs (read when a flow runs, so a worker's or a test's environment 
                                task runner is fixed when the flow object is built)
     DSPO_SHARD_RETRIES         retries of a shard task on transient storage errors (default 3)
     DSPO_SHARD_RETRY_DELAY     first retry delay in seconds, doubled each retry (default 2)
-    DSPO_POLL_SECONDS          how often the parent polls a stage's deployment run (default 2)
+    DSPO_POLL_SECONDS          how often the parent polls a stage's deployment run (default 1)
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def shard_retry_delays() -> list[float]:
 
 
 def poll_seconds() -> float:
-    return env_number("DSPO_POLL_SECONDS", 2.0, float, 0.1)
+    return env_number("DSPO_POLL_SECONDS", 1.0, float, 0.1)
 
 
 def resolve_store(store: str | None) -> str:

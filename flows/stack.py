@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from flows.common import PARENT_DEPLOYMENT, PARENT_FLOW, STAGE_DEPLOYMENT, WORK_POOL, flow_name
+from flows.common import PARENT_DEPLOYMENT, PARENT_FLOW, WORK_POOL
 from pipeline.cli.common import project_dir
 
 HOST = "127.0.0.1"
@@ -275,7 +275,7 @@ def stack_env(paths: Paths, port: int, project: Path) -> dict[str, str]:
         "PREFECT_UI_URL": ui_url(port),
         # Flow runs log the pipeline's own loggers (stage progress, fallbacks, storage retries).
         "PREFECT_LOGGING_EXTRA_LOGGERS": "dspo,storage",
-        "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "2"),
+        "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
         "DSPO_PROJECT_DIR": str(project),
         "PYTHONUNBUFFERED": "1",
     })
@@ -349,11 +349,19 @@ class StackInfo:
     reused: bool
 
 
-def expected_deployments() -> list[str]:
-    """`flow/deployment` names prefect.yaml must define: the pipeline and one per stage in STAGES."""
-    from pipeline.stages import STAGES
+def expected_deployments(project: Path) -> list[str]:
+    """`flow/deployment` names of the deployments in the project's prefect.yaml.
 
-    return [f"{PARENT_FLOW}/{PARENT_DEPLOYMENT}"] + [f"{flow_name(name)}/{STAGE_DEPLOYMENT}" for name in STAGES]
+    Read from the file rather than from `pipeline.stages`, whose import (torch, diffusers, peft)
+    would add ~10 s to every `dspo up`; tests/test_flows.py checks that prefect.yaml has the
+    pipeline and one `stage` deployment per stage. A flow's name is its entrypoint function's
+    with dashes (`flows/stage_flows.py:dspo_degrade` -> `dspo-degrade`), as flows/ names them.
+    """
+    import yaml
+
+    config = yaml.safe_load((project / "prefect.yaml").read_text()) or {}
+    return sorted(f"{item['entrypoint'].rpartition(':')[2].replace('_', '-')}/{item['name']}"
+                  for item in config.get("deployments") or [])
 
 
 def deployed_names(port: int) -> list[str]:
@@ -428,7 +436,7 @@ def up(state: str | None = None, port: int | None = None, limit: int = WORKER_LI
             raise StackError(f"cannot read work pool {WORK_POOL} from {api_url(chosen)} (HTTP {status})")
 
         digest = deploy_digest(project)
-        missing = sorted(set(expected_deployments()) - set(deployed_names(chosen)))
+        missing = sorted(set(expected_deployments(project)) - set(deployed_names(chosen)))
         if redeploy or missing or saved.get("deployed") != digest:
             say(f"deploying prefect.yaml ({'missing: ' + ', '.join(missing) if missing else 'changed'})")
             # Without DSPO_PROJECT_DIR: `prefect deploy` substitutes a {{ $VAR }} it can resolve, which
@@ -438,10 +446,10 @@ def up(state: str | None = None, port: int | None = None, limit: int = WORKER_LI
             if result.returncode != 0:
                 raise StackError(f"`prefect --no-prompt deploy --all` failed; last lines of {paths.log('deploy')}:\n"
                                  f"{tail(paths.log('deploy'), 30)}")
-            missing = sorted(set(expected_deployments()) - set(deployed_names(chosen)))
+            missing = sorted(set(expected_deployments(project)) - set(deployed_names(chosen)))
             if missing:
-                raise StackError(f"prefect.yaml does not define {', '.join(missing)}: add a deployment per stage "
-                                 "(see the `stage` deployments there)")
+                raise StackError(f"`prefect deploy --all` did not create {', '.join(missing)}; see "
+                                 f"{paths.log('deploy')}:\n{tail(paths.log('deploy'), 30)}")
             saved["deployed"] = digest
             save_state(paths, saved)
 

@@ -1,0 +1,249 @@
+"""End to end through real Prefect processes, as a user runs them:
+
+    dspo up --port 0 --state-dir TMP        server + work pool + `prefect deploy --all` + process worker
+    prefect deployment run dspo/full-pipeline --watch     (test profile, store on moto's S3 server)
+    prefect deployment run dspo-segment/stage --watch     (force: a new `instances` version only)
+    a stage that fails: the parent fails, nothing is published, the stage's run is retried alone
+    dspo down                                every process it started is gone
+
+One stack for the module (its start costs ~30 s); each test has its own bucket. The worker (and
+so every flow run) reaches moto's S3 server through its environment (`S3TestServer.env()`).
+Every stage is its own flow run process that imports the pipeline (torch, diffusers, peft:
+~12 s of CPU) before its seconds of work: the module takes ~6 minutes on an idle 2-core
+machine, twice that on a busy one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from flows import stack
+from pipeline.materialize import preferences_with_images
+from pipeline.stages import STAGES
+from storage import DatasetStore, decode_image
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+DSPO = ROOT / ".venv" / "bin" / "dspo"
+LINEAGE = ["preferences", "pairs", "instance_scores", "sr_candidates", "lq_pairs", "hr_images"]
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def run(argv: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    started = time.monotonic()
+    try:
+        result = subprocess.run([str(part) for part in argv], env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`{' '.join(map(str, argv))}` still running after {timeout:.0f}s; output so far:\n"
+                    f"{(exc.stdout or b'')[-4000:]!r}")
+    print(f"[{time.monotonic() - started:6.1f}s] {' '.join(map(str, argv[:6]))}")
+    return result
+
+
+def explain(result: subprocess.CompletedProcess, state: Path) -> str:
+    logs = "\n".join(f"--- {name}.log\n{stack.tail(state / 'logs' / f'{name}.log', 40)}"
+                     for name in ("worker", "deploy", "server"))
+    return f"exit {result.returncode}\nstdout:\n{result.stdout[-6000:]}\nstderr:\n{result.stderr[-6000:]}\n{logs}"
+
+
+def api(method: str, url: str, body: dict | None = None, ok: tuple = (200,)):
+    status, payload = stack.http(method, url, body, timeout=30)
+    assert status in ok, f"{method} {url}: HTTP {status}: {payload}"
+    return payload
+
+
+@dataclass
+class Stack:
+    state: Path
+    env: dict            # for `dspo` commands: this environment + the S3 server's
+    cli_env: dict        # for `prefect` commands: pointed at the stack's API
+    api_url: str
+
+    def deploy_run(self, deployment: str, parameters: dict, timeout: float) -> subprocess.CompletedProcess:
+        return run([stack.interpreter(ROOT), "-m", "prefect", "deployment", "run", deployment, "--watch",
+                    "--params", json.dumps(parameters)], self.cli_env, timeout=timeout)
+
+    def runs_by_flow(self, store_uri: str) -> dict[str, list[dict]]:
+        """Flow runs on the store `store_uri` (each test has its own), by flow name, oldest first."""
+        flows = {flow["id"]: flow["name"] for flow in api("POST", f"{self.api_url}/flows/filter", {"limit": 200})}
+        runs: dict[str, list[dict]] = {}
+        for flow_run in api("POST", f"{self.api_url}/flow_runs/filter",
+                            {"limit": 200, "sort": "EXPECTED_START_TIME_ASC"}):
+            if flow_run["parameters"].get("store") == store_uri:
+                runs.setdefault(flows[flow_run["flow_id"]], []).append(flow_run)
+        return runs
+
+
+def processes_of(records: list[dict]) -> list[psutil.Process]:
+    """The recorded processes and all their descendants that are alive now."""
+    found = []
+    for record in records:
+        if stack.is_ours(record):
+            process = psutil.Process(record["pid"])
+            found += [process, *process.children(recursive=True)]
+    return found
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(scope="module")
+def running_stack(s3_server, tmp_path_factory):
+    """`dspo up` in a temp state folder on a free port; after the module, `dspo down` must leave
+    none of the processes it started (server, worker, their children) running."""
+    state = tmp_path_factory.mktemp("e2e") / "stack"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "DSPO_"))}
+    env.update(s3_server.env())
+    env["DSPO_SHARD_RETRY_DELAY"] = "0.5"
+    records: list[dict] = []
+    try:
+        result = run([DSPO, "up", "--port", "0", "--state-dir", state], env, timeout=600)
+        assert result.returncode == 0, explain(result, state)
+        assert "Prefect UI:   http://127.0.0.1:" in result.stdout
+        for name in ("server", "worker"):
+            records.append(stack.read_pidfile(state / f"{name}.pid"))
+            assert stack.is_ours(records[-1]), f"{name} is not running after dspo up:\n{explain(result, state)}"
+        report = stack.status(str(state))
+        assert report["healthy"] and report["work_pool"] == "READY", report
+        cli_env = stack.stack_env(stack.Paths(state), report["port"], ROOT)
+        cli_env.update(s3_server.env())
+        yield Stack(state, env, cli_env, report["api_url"])
+    finally:
+        started = processes_of(records)
+        result = run([DSPO, "down", "--state-dir", state], env, timeout=120)
+        left = [process for process in started if alive(process)]
+        for process in left:  # never leave them to the next test run, even when dspo down failed
+            process.kill()
+        assert result.returncode == 0, explain(result, state)
+        assert started and not left, f"still running after dspo down: {[p.pid for p in left]}"
+        for record in records:
+            assert not stack.group_members(record["pgid"]), f"processes of group {record['pgid']} still run"
+        assert not (state / "server.pid").exists() and not (state / "worker.pid").exists()
+
+
+def s3_store(s3_server, bucket: str) -> tuple[str, DatasetStore]:
+    uri = f"s3://{bucket}/dspo"
+    return uri, DatasetStore(uri, {"endpoint_url": s3_server.endpoint_url, "key": s3_server.ACCESS_KEY,
+                                   "secret": s3_server.SECRET_KEY, "region": s3_server.region})
+
+
+def lineage_chain(store: DatasetStore, ref: str, names: list[str]) -> list[str]:
+    """Follow manifest inputs from `ref` through the datasets `names` (in order); the refs met."""
+    chain = [ref]
+    for name in names:
+        inputs = {item.partition("@")[0]: item for item in store.manifest(chain[-1])["inputs"]}
+        assert name in inputs, f"{chain[-1]} does not name a {name} version among its inputs {sorted(inputs)}"
+        chain.append(inputs[name])
+    return chain
+
+
+def test_full_pipeline_through_deployments_on_s3(running_stack, s3_server, s3_bucket):
+    state, api_url = running_stack.state, running_stack.api_url
+    deployments = stack.status(str(state))["deployments"]
+    assert {"dspo/full-pipeline", *(f"dspo-{name}/stage" for name in STAGES)} <= set(deployments)
+    deployment = next(item for item in api("POST", f"{api_url}/deployments/filter", {"limit": 200})
+                      if item["name"] == "full-pipeline")
+    assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
+                                         {"directory": "{{ $DSPO_PROJECT_DIR }}"}}]
+
+    server_pid = stack.read_pidfile(state / "server.pid")["pid"]
+    again = run([DSPO, "up", "--state-dir", state], running_stack.env, timeout=300)
+    assert again.returncode == 0, explain(again, state)
+    assert "server: reusing pid" in again.stdout and "worker: reusing pid" in again.stdout
+    assert stack.read_pidfile(state / "server.pid")["pid"] == server_pid
+
+    store_uri, store = s3_store(s3_server, s3_bucket)
+    result = running_stack.deploy_run("dspo/full-pipeline", {"store": store_uri, "profile": "test"}, timeout=1000)
+    assert result.returncode == 0, explain(result, state)
+    assert "Flow run finished successfully in 'Completed'" in result.stdout + result.stderr
+
+    runs = running_stack.runs_by_flow(store_uri)
+    assert [run["state_type"] for run in runs["dspo"]] == ["COMPLETED"]
+    for name in STAGES:
+        stage_runs = runs.get(f"dspo-{name}", [])
+        assert len(stage_runs) == 1, f"dspo-{name}: {len(stage_runs)} flow runs"
+        assert stage_runs[0]["state_type"] == "COMPLETED", stage_runs[0]["state"]
+        assert stage_runs[0]["deployment_id"], f"dspo-{name} did not run from its deployment"
+        assert stage_runs[0]["parent_task_run_id"], f"dspo-{name} is not linked to the parent run"
+
+    assert store.versions("preferences") == [1]
+    first = next(preferences_with_images(store, "preferences@v1", batch_size=8))
+    assert first.num_rows > 0
+    for column in ("lq", "hr", "winner", "loser", "mask_image"):
+        image = decode_image(first.column(column)[0].as_py())
+        assert image.width > 0 and image.height > 0
+    assert lineage_chain(store, "preferences@v1", LINEAGE[1:]) == [f"{name}@v1" for name in LINEAGE]
+    assert store.manifest("preferences@v1")["run_id"] == runs["dspo-caption"][0]["id"]
+
+    # One stage alone, forced: a new `instances` version, nothing else changes.
+    before = {name: store.versions(name) for name in store.datasets()}
+    result = running_stack.deploy_run("dspo-segment/stage", {
+        "store": store_uri, "profile": "test", "force": True, "inputs": {"lq_pairs": "lq_pairs@v1"}}, timeout=600)
+    assert result.returncode == 0, explain(result, state)
+    after = {name: store.versions(name) for name in store.datasets()}
+    assert after.pop("instances") == before.pop("instances") + [2]
+    assert after == before
+    assert store.manifest("instances@v2")["inputs"] == ["lq_pairs@v1"]
+    segment_runs = running_stack.runs_by_flow(store_uri)["dspo-segment"]
+    assert len(segment_runs) == 2 and store.manifest("instances@v2")["run_id"] == segment_runs[1]["id"]
+
+
+def wait_for_run(api_url: str, run_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        flow_run = api("GET", f"{api_url}/flow_runs/{run_id}")
+        if flow_run["state_type"] in TERMINAL or time.monotonic() > deadline:
+            return flow_run
+        time.sleep(1)
+
+
+def test_failed_stage_fails_the_parent_and_is_retried_alone(running_stack, s3_server, s3_bucket, tmp_path):
+    """The fault: the ingest source folder is missing (a real one: the stage lists the folder).
+    After it is created, the failed ingest flow run itself is retried, as the UI's Retry does."""
+    store_uri, store = s3_store(s3_server, s3_bucket)
+    source = tmp_path / "photos"
+    parameters = {"store": store_uri, "profile": "test", "overrides": {"ingest.source": str(source)}}
+    result = running_stack.deploy_run("dspo/full-pipeline", parameters, timeout=600)
+    assert result.returncode != 0, explain(result, running_stack.state)
+
+    runs = running_stack.runs_by_flow(store_uri)
+    assert sorted(runs) == ["dspo", "dspo-ingest"], "no stage after the failed one may run"
+    (parent,), (ingest,) = runs["dspo"], runs["dspo-ingest"]
+    assert parent["state_type"] == "FAILED" and ingest["state_type"] == "FAILED"
+    assert "stage ingest" in parent["state"]["message"] and ingest["name"] in parent["state"]["message"]
+    assert "is not a folder" in ingest["state"]["message"]
+    assert store.datasets() == [], "the failed attempt left a dataset version visible"
+
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(6):  # two shards of the test profile's 4
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(source / f"{index}.png")
+    api("POST", f"{running_stack.api_url}/flow_runs/{ingest['id']}/set_state",
+        {"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the test"}}, ok=(200, 201))
+    retried = wait_for_run(running_stack.api_url, ingest["id"], timeout=300)
+    assert retried["state_type"] == "COMPLETED", retried["state"]
+    assert retried["run_count"] == 2
+    assert store.datasets() == ["hr_images"] and store.versions("hr_images") == [1]
+    manifest = store.manifest("hr_images@v1")
+    assert manifest["rows"] == 6 and manifest["run_id"] == ingest["id"]
+    runs = running_stack.runs_by_flow(store_uri)
+    assert sorted(runs) == ["dspo", "dspo-ingest"] and len(runs["dspo-ingest"]) == 1
+    assert runs["dspo"][0]["state_type"] == "FAILED"
