@@ -13,7 +13,7 @@ What it measures
       s       wall seconds of `run_stage(...)` in the child (imports excluded; model loads included)
       img/s   input images / s (ingest: source files; degrade: hr_images rows; every later
               stage: samples, i.e. lq_pairs rows -- N here, as the demo takes 1 crop per image)
-      RSS MB  the child's peak RSS (`ru_maxrss`) during `run_stage`: the mark is reset
+      RSS MB  the child's peak RSS (VmHWM) during `run_stage`: the mark is reset
               (/proc/self/clear_refs) just before it, so import transients do not count, but
               the resident imports (~1 GB: torch, diffusers, ...) do; "work" = that peak minus
               the RSS just before `run_stage` (what the stage itself added)
@@ -111,7 +111,7 @@ def status_mb(field: str) -> float:
 
 
 def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM, ru_maxrss) to the current RSS (Linux >= 4.0),
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0),
     so the peak read after the stage is the stage's own, not a transient of the imports."""
     try:
         with open("/proc/self/clear_refs", "w") as refs:
@@ -146,7 +146,9 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     result = run_stage(stage, store, config)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM, not ru_maxrss: clear_refs resets only VmHWM on some kernels (seen here: ru_maxrss
+    # kept the import transient, so every small stage showed the same ~1 GB "peak").
+    peak = status_mb("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps({
         "stage": args.stage, "seconds": seconds, "inputs": inputs, "rows": result.rows,
         "cache_hit": result.cache_hit, "shards": result.shards_total, "quarantined": len(result.quarantined),

@@ -35,7 +35,7 @@ from prefect.runtime import deployment as current_deployment
 
 from flows.common import PARENT_FLOW, artifact_key, flow_name, poll_seconds, resolve_store, stage_deployment
 from flows.stage_flows import STAGE_FLOWS
-from pipeline.stages import PIPELINE_ORDER, STAGES
+from pipeline.stages import PIPELINE_ORDER, STAGE_SPECS
 
 
 log = logging.getLogger("dspo.flows")
@@ -46,13 +46,13 @@ class StageRunFailed(RuntimeError):
 
 
 def pipeline_stages() -> list[str]:
-    """The stages that exist, in pipeline order (stages missing from PIPELINE_ORDER go last)."""
-    return [name for name in PIPELINE_ORDER if name in STAGES] + [name for name in STAGES if name not in PIPELINE_ORDER]
+    """Every stage, in pipeline order."""
+    return list(PIPELINE_ORDER)
 
 
 def stage_inputs(name: str, outputs: dict[str, str]) -> dict[str, str]:
     """The refs among earlier outputs that stage `name` accepts."""
-    stage = STAGES[name]
+    stage = STAGE_SPECS[name]
     accepted = (*stage.inputs, *stage.optional_inputs)
     return {dataset: ref for dataset, ref in outputs.items() if dataset in accepted}
 
@@ -130,11 +130,8 @@ def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, A
             ref = run_stage_deployment(name, parameters)
         else:
             ref = STAGE_FLOWS[name](**parameters)
-        outputs[STAGES[name].output] = ref
+        outputs[STAGE_SPECS[name].output] = ref
         rows.append({"stage": name, "flow": flow_name(name), "ref": ref})
     create_table_artifact(rows, key=artifact_key("pipeline", "summary"),
-                          description=f"dspo ({profile}) on {uri}: {outputs.get(STAGES[pipeline_stages()[-1]].output)}")
-    missing = [name for name in PIPELINE_ORDER if name not in STAGES]
-    if missing:
-        logger.info("dspo: not implemented yet, so not run: %s", ", ".join(missing))
+                          description=f"dspo ({profile}) on {uri}: {outputs.get(STAGE_SPECS[pipeline_stages()[-1]].output)}")
     return outputs

@@ -49,7 +49,7 @@ from flows.common import artifact_key, flow_name, resolve_store, shard_retries, 
 from flows.previews import manifest_summary, preview_markdown
 from pipeline.config import load_config
 from pipeline.stage import Shard, Stage, StageJob
-from pipeline.stages import STAGES
+from pipeline.stages import STAGE_SPECS, STAGES
 from storage import DatasetStore, StorageUnavailableError
 from storage.retry import is_transient
 
@@ -285,8 +285,9 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
 
 
 def make_stage_flow(name: str):
-    """The Prefect flow `dspo-<name>` for the stage `STAGES[name]`."""
-    stage = STAGES[name]
+    """The Prefect flow `dspo-<name>` for the stage `STAGES[name]` (built from its registry
+    entry: defining the flows imports no stage's models)."""
+    stage = STAGE_SPECS[name]
 
     def stage_flow(store: str | None = None, inputs: dict[str, str] | None = None, profile: str = "demo",
                    overrides: dict[str, Any] | None = None, force: bool = False) -> str:
@@ -312,5 +313,5 @@ def make_stage_flow(name: str):
 
 
 #: Stage flows by stage name, in pipeline order; also module attributes `dspo_<stage>`.
-STAGE_FLOWS = {name: make_stage_flow(name) for name in STAGES}
+STAGE_FLOWS = {name: make_stage_flow(name) for name in STAGE_SPECS}
 globals().update({f"dspo_{name}": stage_flow for name, stage_flow in STAGE_FLOWS.items()})

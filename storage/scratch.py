@@ -43,7 +43,9 @@ class Scratch:
         if not any(info.key == key for info in self.backend.list(self.prefix)):
             return None
         try:
-            return pq.read_table(pa.BufferReader(self.backend.read_file(key)))
+            # Single-threaded: Arrow's reader threads leave per-thread malloc arenas that grow the
+            # process's memory read after read (measured); a shard is too small to gain from them.
+            return pq.read_table(pa.BufferReader(self.backend.read_file(key)), use_threads=False)
         except (pa.ArrowInvalid, OSError):
             return None
 

@@ -283,6 +283,8 @@ class DatasetStore:
         Reads `column` first and then the other columns of only the row groups holding a
         match: fetching a shard's few rows by id costs a few row groups, not a scan of every
         image in the dataset (ids are hashes, so row-group statistics cannot prune them).
+        Row groups are decoded on the calling thread: Arrow's reader threads leave per-thread
+        malloc arenas that made a stage's memory grow with the number of reads (measured).
         """
         manifest = self.manifest(ref)
         schema = decode_schema(manifest)
@@ -291,10 +293,10 @@ class DatasetStore:
         pieces = []
         for fragment in self._dataset(manifest).get_fragments():
             for row_group in fragment.split_by_row_group():
-                keys = row_group.to_table(columns=[column]).column(0)
+                keys = row_group.to_table(columns=[column], use_threads=False).column(0)
                 if not pc.any(pc.is_in(keys, value_set=wanted)).as_py():
                     continue
-                table = row_group.to_table(columns=selected)
+                table = row_group.to_table(columns=selected, use_threads=False)
                 pieces.append(table.filter(pc.is_in(table.column(column), value_set=wanted)))
         if not pieces:
             empty = schema.empty_table()
@@ -314,7 +316,8 @@ class DatasetStore:
         expression = self._expression(filter)
         for fragment in self._dataset(manifest).get_fragments():
             for row_group in fragment.split_by_row_group():
-                yield from row_group.to_batches(columns=columns, filter=expression, batch_size=batch_size)
+                yield from row_group.to_batches(columns=columns, filter=expression, batch_size=batch_size,
+                                                use_threads=False)
 
     def to_hf_dataset(self, ref: str, columns: list[str] | None = None, cache_dir: str | None = None):
         """A Hugging Face `datasets.Dataset` of a version; image columns decode to PIL images.

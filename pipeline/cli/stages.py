@@ -70,15 +70,12 @@ def run(
     force: ForceOption = False,
     store: StoreOption = None,
 ) -> None:
-    """Run every implemented stage in order, in this process (cache hits where nothing changed)."""
+    """Run every stage in order, in this process (cache hits where nothing changed)."""
     from pipeline.stages import PIPELINE_ORDER, STAGES
 
     config = load_config(profile, overrides)
     results = []
     with opened_store(store) as opened:
-        for stage_object in STAGES.values():
-            results.append(run_stage(stage_object, opened, config, force=force))
+        for name in PIPELINE_ORDER:
+            results.append(run_stage(STAGES[name], opened, config, force=force))
     _print_results(results)
-    pending = [name for name in PIPELINE_ORDER if name not in STAGES]
-    if pending:
-        console().print(f"not implemented yet, so not run: {', '.join(pending)}")
