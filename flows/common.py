@@ -5,8 +5,12 @@ No Prefect import here, so `dspo up/down/status` and tests can use it cheaply.
 Environment knobs (read when a flow runs, so a worker's or a test's environment applies):
 
     DSPO_STORE                 default store URI (else <project>/.dspo/store)
-    DSPO_SHARD_WORKERS         threads mapping a stage's shards (default 2; read at import: the
-                               task runner is fixed when the flow object is built)
+    DSPO_TASK_RUNNER           what maps a stage's shards: `threads` (default) or `dask` (read at
+                               import, as the task runner is fixed when the flow object is built)
+    DSPO_DASK_ADDRESS          with `dask`: the scheduler of an existing cluster (tcp://host:8786);
+                               empty: a temporary local cluster per flow run
+    DSPO_SHARD_WORKERS         threads (or local Dask worker processes) per stage run (default 2;
+                               read at import)
     DSPO_SHARD_RETRIES         retries of a shard task on transient storage errors (default 3)
     DSPO_SHARD_RETRY_DELAY     first retry delay in seconds, doubled each retry (default 2)
     DSPO_POLL_SECONDS          how often the parent polls a stage's deployment run (default 1)
@@ -37,6 +41,20 @@ def env_number(name: str, default: float, cast=float, minimum: float = 0):
     if value < minimum:
         raise ValueError(f"${name}={raw!r} must be >= {minimum}")
     return value
+
+
+TASK_RUNNERS = ("threads", "dask")
+
+
+def task_runner_kind() -> str:
+    kind = os.environ.get("DSPO_TASK_RUNNER", "").strip() or "threads"
+    if kind not in TASK_RUNNERS:
+        raise ValueError(f"$DSPO_TASK_RUNNER={kind!r}: expected one of {', '.join(TASK_RUNNERS)}")
+    return kind
+
+
+def dask_address() -> str | None:
+    return os.environ.get("DSPO_DASK_ADDRESS", "").strip() or None
 
 
 def shard_workers() -> int:

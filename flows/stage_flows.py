@@ -9,7 +9,8 @@ What a stage flow does:
   1. loads the profile + dotted overrides, opens the store, builds the `StageJob` (pins the
      inputs, computes the fingerprint). A cached fingerprint returns the existing ref ("cache hit").
   2. otherwise submits one `run-shard` task per pending shard to the flow's task runner
-     (threads; `DSPO_SHARD_WORKERS`, default 2). A shard task retries with exponential
+     (threads by default, `DSPO_SHARD_WORKERS` of them; `DSPO_TASK_RUNNER=dask` maps shards
+     over a Dask cluster, `DSPO_DASK_ADDRESS` or a temporary local one). A shard task retries with exponential
      backoff only on transient storage errors (`StorageUnavailableError`, connection errors);
      any other error fails it at once. Every shard is waited for, so finished shards stay
      staged for the next run even when one fails; then the flow fails, publishing nothing.
@@ -17,6 +18,11 @@ What a stage flow does:
      not commit a second version), and records artifacts with stable keys:
      `dspo-<stage>-result` (table), `dspo-<stage>-preview` (thumbnails),
      `dspo-<stage>-progress` (shards done, updated as they finish).
+
+Where shard tasks run. A shard task carries what it needs to rebuild the stage's job (store,
+profile, overrides, pinned inputs: `JobContext`), so it runs in any process: on a Dask worker
+the job is rebuilt once per process and flow run (same pinned inputs, so the same fingerprint
+and scratch area). In the flow's own process (threads) it finds the flow's job in `JOBS`.
 
 Threads and the StageJob. The job is built once in the flow; tasks share it read-only (store,
 pinned inputs, section, shard list, scratch area: each shard writes its own scratch key). Stage
@@ -31,10 +37,12 @@ never interleave and every instance gets identical weights.
 """
 import copy
 import logging
+import os
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
@@ -45,7 +53,10 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import artifact_key, flow_name, resolve_store, shard_retries, shard_retry_delays, shard_workers
+from flows.common import (
+    artifact_key, dask_address, flow_name, resolve_store, shard_retries, shard_retry_delays, shard_workers,
+    task_runner_kind,
+)
 from flows.previews import manifest_summary, preview_markdown
 from pipeline.config import load_config
 from pipeline.stage import Shard, Stage, StageJob
@@ -139,14 +150,44 @@ class TimedStage:
 
 @dataclass
 class RunningJob:
-    """A StageJob of a flow run in progress, found by the shard tasks through `JOBS[job_id]`."""
+    """A StageJob of a flow run in progress (`config_key` keys the stage-instance pool)."""
 
     job: StageJob
-    shards: dict[str, Shard] = field(default_factory=dict)
-    config_key: str = ""
+    config_key: str
 
 
 JOBS: dict[str, RunningJob] = {}
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What rebuilds a flow run's StageJob in another process: the inputs are pinned refs."""
+
+    store: str
+    profile: str
+    overrides: dict[str, Any]
+    inputs: dict[str, str]
+
+
+#: Jobs rebuilt in this process for shard tasks of flow runs elsewhere (Dask workers), newest last.
+REBUILT_JOBS: "OrderedDict[str, RunningJob]" = OrderedDict()
+REBUILT_JOBS_KEPT = 4
+_REBUILT_LOCK = threading.Lock()
+
+
+def running_job(job_id: str, stage: str, context: JobContext) -> RunningJob:
+    """The flow's job when the task runs in the flow's process, else one rebuilt from `context`."""
+    if job_id in JOBS:
+        return JOBS[job_id]
+    with _REBUILT_LOCK:
+        if job_id not in REBUILT_JOBS:
+            job = StageJob(STAGES[stage], DatasetStore(context.store), load_config(context.profile, context.overrides),
+                           inputs=context.inputs)
+            REBUILT_JOBS[job_id] = RunningJob(job, job.section.model_dump_json())
+            while len(REBUILT_JOBS) > REBUILT_JOBS_KEPT:
+                REBUILT_JOBS.popitem(last=False)[1].job.store.close()
+        REBUILT_JOBS.move_to_end(job_id)
+        return REBUILT_JOBS[job_id]
 
 
 def is_transient_storage_error(exc: BaseException | None) -> bool:
@@ -169,12 +210,10 @@ def retry_on_transient(task, task_run, state) -> bool:
     return is_transient_storage_error(exc if isinstance(exc, BaseException) else None)
 
 
-@task(name="run-shard", task_run_name="{stage}-{shard_key}", retries=3, retry_delay_seconds=[2, 4, 8],
-      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE, persist_result=False)
-def run_shard(job_id: str, stage: str, shard_key: str) -> dict:
+def compute_shard(job_id: str, stage: str, shard_key: str, items: tuple, context: JobContext) -> dict:
     """Compute one shard and stage it in the store's scratch area (see the module docstring)."""
-    running = JOBS[job_id]
-    shard = running.shards[shard_key]
+    running = running_job(job_id, stage, context)
+    shard = Shard(shard_key, tuple(items))
     started = time.perf_counter()
     with pool_of(running.job.stage).borrow(running.config_key) as (instance, warm):
         timed = TimedStage(instance)
@@ -186,10 +225,18 @@ def run_shard(job_id: str, stage: str, shard_key: str) -> dict:
             with BUILD_LOCK:
                 worker.run_shard(shard)
     seconds = time.perf_counter() - started
-    get_run_logger().info("%s %s: %d rows (%d items, %d quarantined) in %.2fs, %.2fs in run_shard",
-                          stage, shard_key, timed.rows, len(shard.items), timed.quarantined, seconds, timed.seconds)
+    get_run_logger().info("%s %s: %d rows (%d items, %d quarantined) in %.2fs, %.2fs in run_shard (pid %d)",
+                          stage, shard_key, timed.rows, len(shard.items), timed.quarantined, seconds, timed.seconds,
+                          os.getpid())
     return {"shard": shard_key, "seconds": seconds, "compute_seconds": timed.seconds, "rows": timed.rows,
-            "quarantined": timed.quarantined}
+            "quarantined": timed.quarantined, "pid": os.getpid()}
+
+
+# The task wraps a module-level function, so Dask pickles it by reference (a decorated function
+# is not the module's attribute and would be pickled by value, with this module's locks).
+run_shard = task(name="run-shard", task_run_name="{stage}-{shard_key}", retries=3, retry_delay_seconds=[2, 4, 8],
+                 retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE,
+                 persist_result=False)(compute_shard)
 
 
 @task(name="publish", task_run_name="publish-{stage}", cache_policy=NO_CACHE, persist_result=False)
@@ -198,7 +245,7 @@ def publish(job_id: str, stage: str) -> str:
     return JOBS[job_id].job.publish()
 
 
-def _map_shards(job_id: str, name: str, job: StageJob, logger) -> tuple[int, float]:
+def _map_shards(job_id: str, name: str, job: StageJob, context: JobContext, logger) -> tuple[int, float]:
     """Run the pending shards on the task runner; (shards computed, seconds inside run_shard)."""
     pending = job.pending_shards()
     total = len(job.shards)
@@ -210,7 +257,7 @@ def _map_shards(job_id: str, name: str, job: StageJob, logger) -> tuple[int, flo
         100.0 * staged / total if total else 100.0, key=artifact_key(name, "progress"),
         description=f"{name}: {staged}/{total} shards staged")
     shard_task = run_shard.with_options(retries=shard_retries(), retry_delay_seconds=shard_retry_delays() or 0)
-    futures = [shard_task.submit(job_id, name, shard.key) for shard in pending]
+    futures = [shard_task.submit(job_id, name, shard.key, shard.items, context) for shard in pending]
     failures, compute, done = [], 0.0, staged
     for future in as_completed(futures):
         future.wait()  # sets the future's final state (without it, .state asks the API and may lag)
@@ -250,9 +297,9 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
             logger.info("%s: cache hit: %s already has fingerprint %s (force=True recomputes)",
                         name, job.cached_ref, job.fingerprint[:12])
         else:
-            JOBS[job_id] = RunningJob(job, {shard.key: shard for shard in job.shards},
-                                      job.section.model_dump_json())
-            computed, compute = _map_shards(job_id, name, job, logger)
+            JOBS[job_id] = RunningJob(job, job.section.model_dump_json())
+            context = JobContext(uri, profile, dict(overrides or {}), dict(job.inputs))
+            computed, compute = _map_shards(job_id, name, job, context, logger)
             publish(job_id, name)
         job.computed = computed
         result = job.result()
@@ -284,6 +331,19 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
         opened.close()
 
 
+def shard_task_runner():
+    """The stage flows' task runner, chosen by the environment at import (see flows.common)."""
+    if task_runner_kind() == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        address = dask_address()
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": shard_workers(), "threads_per_worker": 1,
+                                              "processes": True, "host": "127.0.0.1", "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=shard_workers())
+
+
 def make_stage_flow(name: str):
     """The Prefect flow `dspo-<name>` for the stage `STAGES[name]` (built from its registry
     entry: defining the flows imports no stage's models)."""
@@ -307,7 +367,7 @@ def make_stage_flow(name: str):
         """
     stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
     stage_flow.__module__ = __name__
-    return flow(name=flow_name(name), task_runner=ThreadPoolTaskRunner(max_workers=shard_workers()),
+    return flow(name=flow_name(name), task_runner=shard_task_runner(),
                 persist_result=True, description=f"Stage {name}: -> {stage.output} (pipeline.stages.STAGES[{name!r}])",
                 )(stage_flow)
 

@@ -338,3 +338,38 @@ def test_concurrent_shards_match_serial_shards(chain, store_uri):
     concurrent, serial = (store.read_arrow(ref).sort_by("candidate_id") for ref in refs)
     assert concurrent.num_rows == serial.num_rows > 0
     assert concurrent.equals(serial)
+
+
+def test_dask_task_runner_maps_shards_over_worker_processes(chain, store_uri, monkeypatch):
+    """DSPO_TASK_RUNNER=dask: shard tasks run in local Dask worker processes, which rebuild the
+    job from the task's context, and the published version equals the threaded run's."""
+    import os
+    import re
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    from flows import stage_flows
+
+    monkeypatch.setenv("DSPO_TASK_RUNNER", "dask")
+    monkeypatch.setenv("DSPO_SHARD_WORKERS", "2")
+    degrade = STAGE_FLOWS["degrade"].with_options(task_runner=stage_flows.shard_task_runner())
+    state = degrade(store=store_uri, profile="test", inputs={"hr_images": "hr_images@v1"}, force=True,
+                    return_state=True)
+    assert state.is_completed(), state.message
+    store = DatasetStore(store_uri)
+    threaded = store.read_arrow(chain["degrade"].result()).sort_by("sample_id")
+    assert store.read_arrow(state.result()).sort_by("sample_id").equals(threaded)
+    shard_runs = [run for run in task_runs_of(flow_run_id(state)) if run.name.startswith("degrade-shard-")]
+    assert shard_runs and all(run.state.is_completed() for run in shard_runs)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[run.id for run in shard_runs])))
+    pids = {int(match) for log in logs for match in re.findall(r"\(pid (\d+)\)", log.message)}
+    assert pids and os.getpid() not in pids
+
+
+def test_task_runner_setting_is_checked(monkeypatch):
+    from flows.common import task_runner_kind
+
+    monkeypatch.setenv("DSPO_TASK_RUNNER", "ray")
+    with pytest.raises(ValueError, match=r"\$DSPO_TASK_RUNNER='ray': expected one of threads, dask"):
+        task_runner_kind()
