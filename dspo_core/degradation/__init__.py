@@ -10,10 +10,9 @@ Typical use::
 ``sample_params`` and ``apply`` are the two halves of ``degrade``.
 """
 
-import importlib
+from dspo_core.lazy import lazy_exports
 
-# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
-# name (a config class) does not import torch.
+# Public name -> submodule, imported on first use (dspo_core.lazy).
 _EXPORTS = {
     "KERNEL_TYPES": ".config",
     "DegradationConfig": ".config",
@@ -40,15 +39,4 @@ _EXPORTS = {
     "sample_params": ".sampling",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*_EXPORTS])
-
-
-__all__ = sorted([*_EXPORTS])
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

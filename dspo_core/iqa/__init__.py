@@ -15,10 +15,9 @@ families are averaged 50/50 (DP2O-SR). Pixel-wise metrics are pooled inside the 
 metrics run only from locally cached weights (``weights``): never a download.
 """
 
-import importlib
+from dspo_core.lazy import lazy_exports
 
-# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
-# name (a config class) does not import torch, diffusers or pyiqa.
+# Public name -> submodule, imported on first use (dspo_core.lazy).
 _EXPORTS = {
     "DEFAULT_METRICS": ".config",
     "MIN_SIZES": ".config",
@@ -42,15 +41,4 @@ _EXPORTS = {
     "weights_present": ".weights",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(_EXPORTS)
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,10 +12,9 @@ area share, top K, disjointness, optional remainder instance) and emits
 ``InstanceRecord``s whose masks are pycocotools-compatible COCO RLE.
 """
 
-import importlib
+from dspo_core.lazy import lazy_exports
 
-# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
-# name (a config class) does not import torch.
+# Public name -> submodule, imported on first use (dspo_core.lazy).
 _EXPORTS = {
     "RECORD_VERSION": ".base",
     "Segmenter": ".base",
@@ -43,17 +42,4 @@ _EXPORTS = {
 }
 _SUBMODULES = ('rle',)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*_EXPORTS, *_SUBMODULES])
-
-
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

@@ -14,10 +14,9 @@ wheel) only sample; ``tiny-sd``, ``one-step-sd`` and ``sd-x4-upscaler`` are
 ``trainable_parameters``, ``reference``, ``save_lora`` / ``load_lora``).
 """
 
-import importlib
+from dspo_core.lazy import lazy_exports
 
-# Public name -> submodule. Resolved on first use (PEP 562), so importing a light
-# name (a config class) does not import torch, diffusers or pyiqa.
+# Public name -> submodule, imported on first use (dspo_core.lazy).
 _EXPORTS = {
     "CandidateSettings": ".base",
     "SRBackbone": ".base",
@@ -50,15 +49,4 @@ _EXPORTS = {
     "resolve_pretrained": ".weights",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(_EXPORTS)
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -16,7 +16,7 @@ order), ``latents`` (VAE latent cache), ``step`` (the DSPO step: formulas and sh
 callback: no dependency on the pipeline, the store or the flows.
 """
 
-import importlib
+from dspo_core.lazy import lazy_exports
 
 # Public name -> submodule, resolved on first use (PEP 562): ``TrainConfig`` alone
 # imports pydantic only, not torch, diffusers or accelerate.
@@ -42,15 +42,4 @@ _EXPORTS = {
     "DSPOTrainer": ".trainer",
 }
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(_EXPORTS)
-
-
-__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (built from _EXPORTS, as in dspo_core.sr)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
