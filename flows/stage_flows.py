@@ -229,7 +229,7 @@ def compute_shard(job_id: str, stage: str, shard_key: str, items: tuple, context
                           stage, shard_key, timed.rows, len(shard.items), timed.quarantined, seconds, timed.seconds,
                           os.getpid())
     return {"shard": shard_key, "seconds": seconds, "compute_seconds": timed.seconds, "rows": timed.rows,
-            "quarantined": timed.quarantined, "pid": os.getpid()}
+            "quarantined": timed.quarantined}
 
 
 # The task wraps a module-level function, so Dask pickles it by reference (a decorated function
