@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dspo_core.degradation import DegradationConfig
 from dspo_core.feedback import CaptionerConfig, FeedbackConfig
 from dspo_core.iqa import IQAConfig
-from dspo_core.preferences import PreferenceConfig
+from dspo_core.pairs import PairConfig
 from dspo_core.segment import SegmenterConfig
 from dspo_core.sr import CandidateSettings
 from dspo_core.train.config import TrainConfig
@@ -119,7 +119,7 @@ class ScoreConfig(Section):
 class RankConfig(Section):
     """How rewards and human labels become preference pairs (`pairs`)."""
 
-    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig,
+    preferences: PairConfig = Field(default_factory=PairConfig,
                                           description="Best/Worst-of-N or top-k x bottom-k, gap, human override.")
 
 

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dspo_core.segment import rle
-from pipeline.catalog import HUMAN_LABELS
+from pipeline.schemas import HUMAN_LABELS
 from pipeline.cli.labels import app
 from pipeline.config import load_config
 from pipeline.labels import decode_rle, import_labels, import_rows, label_id

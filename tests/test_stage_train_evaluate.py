@@ -11,7 +11,7 @@ from PIL import Image
 
 from dspo_core.sr import CandidateSettings, TinySDBackbone
 from dspo_core.train import EVAL_KEYS, TRAIN_KEYS
-from pipeline.catalog import TRAIN_METRIC_KEYS, TRAIN_METRICS
+from pipeline.schemas import TRAIN_METRIC_KEYS, TRAIN_METRICS
 from pipeline.config import load_config
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES

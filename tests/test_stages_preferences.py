@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dspo_core.segment import rle
-from pipeline.catalog import HUMAN_LABELS
+from pipeline.schemas import HUMAN_LABELS
 from pipeline.config import load_config
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES

@@ -11,13 +11,12 @@ Sampling one LQ image:
    (SD-2.1-base, OSEDiff) sees the LQ only through x_T;
 5. x0 in closed form from the eps or v prediction, VAE-decode, crop the padding off.
 
-``tiny-sd`` is this same class on a random-init folder made by ``tiny.build_tiny_sd``.
+``tiny-sd`` (``tiny.TinySDBackbone``) is this class on a random-init folder made by ``tiny.build_tiny_sd``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -38,7 +37,6 @@ from .diffusion import (
     pad_to_multiple,
     tensor_to_images,
 )
-from .tiny import build_tiny_sd
 from .weights import folder_digest, resolve_pretrained, sha256_file, weights_id
 
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
@@ -218,41 +216,3 @@ class OneStepSDBackbone(DiffusionSRBackbone):
             pad_multiple=self.pad_multiple,
         )
         return record
-
-
-class TinySDConfig(OneStepSDConfig):
-    """``OneStepSDConfig`` for a tiny random-init model: built in a temporary folder when `path` is None."""
-
-    model_id: str = Field("tiny-sd", description="Label only; the model is built, not looked up.")
-    build_seed: int = Field(0, ge=0, description="Seed of the random weights when the model is built here.")
-    prediction_type: Literal["epsilon", "v_prediction"] = Field(
-        "epsilon", description="Scheduler prediction type of a model built here (a given `path` keeps its own)."
-    )
-
-
-class TinySDBackbone(OneStepSDBackbone):
-    """``one-step-sd`` on a tiny random-init SD model (``tiny.build_tiny_sd``), for tests and demos.
-
-    With ``config.path`` set it loads that folder; otherwise it builds the model from
-    ``build_seed`` into a temporary folder kept for the backbone's lifetime, and its
-    weights id is ``builtin:tiny-sd/seed=<s>/<prediction_type>@sha256:...``.
-
-    Args:
-        config: a ``TinySDConfig``.
-    """
-
-    name = "tiny-sd"
-    Config = TinySDConfig
-
-    def _locate(self) -> str:
-        if self.config.path is not None:
-            return resolve_pretrained(self.config.model_id, self.config.path)
-        self._scratch = tempfile.TemporaryDirectory(prefix="dspo-tiny-sd-")
-        return build_tiny_sd(
-            self._scratch.name, seed=self.config.build_seed, prediction_type=self.config.prediction_type
-        )
-
-    def _base_label(self) -> str:
-        if self.config.path is not None:
-            return self.folder
-        return f"builtin:tiny-sd/seed={self.config.build_seed}/{self.config.prediction_type}"

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from .base import SRBackbone
 from .bicubic import BicubicBackbone
-from .one_step import OneStepSDBackbone, TinySDBackbone
+from .one_step import OneStepSDBackbone
+from .tiny import TinySDBackbone
 from .realesrgan import RealESRGANBackbone
 from .upscaler import SDUpscalerBackbone
 

@@ -23,9 +23,12 @@ from diffusers import (
     StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
 )
+from pydantic import Field
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .clip_tokenizer import load_clip_tokenizer
+from .one_step import OneStepSDBackbone, OneStepSDConfig
+from .weights import resolve_pretrained
 
 TEXT_DIM = 32
 PredictionType = Literal["epsilon", "v_prediction"]
@@ -184,3 +187,41 @@ def build_tiny_upscaler(directory: str, seed: int = 0, max_noise_level: int = 35
         os.makedirs(directory, exist_ok=True)
         pipeline.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+class TinySDConfig(OneStepSDConfig):
+    """``OneStepSDConfig`` for a tiny random-init model: built in a temporary folder when `path` is None."""
+
+    model_id: str = Field("tiny-sd", description="Label only; the model is built, not looked up.")
+    build_seed: int = Field(0, ge=0, description="Seed of the random weights when the model is built here.")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="Scheduler prediction type of a model built here (a given `path` keeps its own)."
+    )
+
+
+class TinySDBackbone(OneStepSDBackbone):
+    """``one-step-sd`` on a tiny random-init SD model (``build_tiny_sd``), for tests and demos.
+
+    With ``config.path`` set it loads that folder; otherwise it builds the model from
+    ``build_seed`` into a temporary folder kept for the backbone's lifetime, and its
+    weights id is ``builtin:tiny-sd/seed=<s>/<prediction_type>@sha256:...``.
+
+    Args:
+        config: a ``TinySDConfig``.
+    """
+
+    name = "tiny-sd"
+    Config = TinySDConfig
+
+    def _locate(self) -> str:
+        if self.config.path is not None:
+            return resolve_pretrained(self.config.model_id, self.config.path)
+        self._scratch = tempfile.TemporaryDirectory(prefix="dspo-tiny-sd-")
+        return build_tiny_sd(
+            self._scratch.name, seed=self.config.build_seed, prediction_type=self.config.prediction_type
+        )
+
+    def _base_label(self) -> str:
+        if self.config.path is not None:
+            return self.folder
+        return f"builtin:tiny-sd/seed={self.config.build_seed}/{self.config.prediction_type}"

@@ -49,7 +49,7 @@ class PairExample:
         weight: the instance weight w_m = |s_m| / sum |s_m'|, finite and >= 0 (1 for image-level pairs).
         positive_text: caption of the HR content (the prompt); "" = none.
         negative_text: description of the loser's hallucination (the negative prompt); "" = none.
-        pair_id: stable id of the pair (``dspo_core.preferences.pair_id``), for logs and debugging.
+        pair_id: stable id of the pair (``dspo_core.pairs.pair_id``), for logs and debugging.
     """
 
     lq: np.ndarray

@@ -8,7 +8,7 @@
 Formats read: CSV and Parquet (pipeline.labels.readers), Label Studio JSON exports
 (pipeline.labels.label_studio, including brush masks: pipeline.labels.lsrle). The rules a
 label must pass are in pipeline.labels.importer; the dataset schema is
-pipeline.catalog.HUMAN_LABELS.
+pipeline.schemas.HUMAN_LABELS.
 """
 from pipeline.labels.export import EXPORT_FORMATS, ExportReport, export_tasks, label_config
 from pipeline.labels.importer import (

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from dspo_core.segment import rle
-from pipeline.catalog import HUMAN_LABELS
+from pipeline.schemas import HUMAN_LABELS
 from pipeline.labels.readers import read_labels
 from pipeline.labels.records import DrawnMask, Problem, RawLabel, from_mapping
 from storage import DatasetNotFoundError, DatasetStore

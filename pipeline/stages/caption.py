@@ -1,5 +1,5 @@
 """Stage `caption`: `pairs` (+ scores, candidates, crops, masks) -> `preferences`
-(schema: pipeline.catalog.PREFERENCES): the user-description feedback of DSPO.
+(schema: pipeline.schemas.PREFERENCES): the user-description feedback of DSPO.
 
 A loser instance is a hallucination suspect when its fidelity to HR is low while its
 realism is high, or when a human flagged it. Its negative text describes the loser region,
@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from dspo_core.feedback import HFCaptioner, TemplateWriter, describe_feedback, suspect
 from dspo_core.segment import rle
-from pipeline.catalog import PREFERENCES
+from pipeline.schemas import PREFERENCES
 from pipeline.config import CaptionConfig, PipelineConfig
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from pipeline.stages.score import rows_by_sample

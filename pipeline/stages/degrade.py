@@ -1,4 +1,4 @@
-"""Stage `degrade`: `hr_images` -> `lq_pairs` (schema: pipeline.catalog.LQ_PAIRS) with the
+"""Stage `degrade`: `hr_images` -> `lq_pairs` (schema: pipeline.schemas.LQ_PAIRS) with the
 Real-ESRGAN second-order degradation; every sampled value and the seed go into the row."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from dspo_core.degradation import degrade
-from pipeline.catalog import stable_id, LQ_PAIRS
+from pipeline.schemas import stable_id, LQ_PAIRS
 from pipeline.config import DegradeConfig, PipelineConfig
 from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
 from storage import DatasetStore, decode_image, image_cell

@@ -1,5 +1,5 @@
-"""Stage `evaluate`: (`lq_pairs`, `checkpoints`) -> `eval_results` (schema: pipeline.catalog.EVAL_RESULTS),
-plus one `eval_report` row (pipeline.catalog.EVAL_REPORT).
+"""Stage `evaluate`: (`lq_pairs`, `checkpoints`) -> `eval_results` (schema: pipeline.schemas.EVAL_RESULTS),
+plus one `eval_report` row (pipeline.schemas.EVAL_REPORT).
 
 Base vs tuned on held-out samples: each LQ is super-resolved by the checkpoint's base backbone
 (rebuilt from the config stored in the checkpoint row) and again with the checkpoint's LoRA
@@ -24,7 +24,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from dspo_core.iqa import IQAScorer
-from pipeline.catalog import EVAL_REPORT, EVAL_RESULTS
+from pipeline.schemas import EVAL_REPORT, EVAL_RESULTS
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.stage import Shard, ShardOutput, Stage, fingerprint_of
 from pipeline.stages.train import (

@@ -1,4 +1,4 @@
-"""Stage `ingest`: source images -> `hr_images` (schema: pipeline.catalog.HR_IMAGES)."""
+"""Stage `ingest`: source images -> `hr_images` (schema: pipeline.schemas.HR_IMAGES)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from pipeline.catalog import HR_IMAGES
+from pipeline.schemas import HR_IMAGES
 from pipeline.config import IngestConfig, PipelineConfig
 from pipeline.decode import BadImageError, decode_rgb
 from pipeline.sources import list_source

@@ -1,5 +1,5 @@
 """Stage `rank`: (`instance_scores`, `instances`, `human_labels` when present) -> `pairs`
-(schema: pipeline.catalog.PAIRS). Separate from `score` so new human labels re-rank without
+(schema: pipeline.schemas.PAIRS). Separate from `score` so new human labels re-rank without
 re-scoring: the labels' version is part of this stage's fingerprint, not of score's."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from dspo_core.preferences import HumanLabel, InstanceRewards, make_pairs
-from pipeline.catalog import PAIRS
+from dspo_core.pairs import HumanLabel, InstanceRewards, make_pairs
+from pipeline.schemas import PAIRS
 from pipeline.config import PipelineConfig, RankConfig
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from pipeline.stages.score import rows_by_sample

@@ -1,4 +1,4 @@
-"""Stage `sample`: `lq_pairs` -> `sr_candidates` (schema: pipeline.catalog.SR_CANDIDATES).
+"""Stage `sample`: `lq_pairs` -> `sr_candidates` (schema: pipeline.schemas.SR_CANDIDATES).
 
 N candidates per LQ image from the configured sources (backbone + settings each), batched
 per source over a shard; every resolved setting and seed is recorded in the row.
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from dspo_core.sr import SRBackbone, build_backbone
-from pipeline.catalog import stable_id, SR_CANDIDATES
+from pipeline.schemas import stable_id, SR_CANDIDATES
 from pipeline.config import CandidateSource, PipelineConfig, SampleConfig
 from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards

@@ -1,5 +1,5 @@
 """Stage `score`: (`lq_pairs`, `sr_candidates`, `instances`) -> `instance_scores`
-(schema: pipeline.catalog.INSTANCE_SCORES). Every instance of a sample is scored on all
+(schema: pipeline.schemas.INSTANCE_SCORES). Every instance of a sample is scored on all
 N candidates against the HR crop, normalised within the instance, and combined into the reward."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from dspo_core.iqa import IQAScorer, normalise, reward
 from dspo_core.segment import rle
-from pipeline.catalog import INSTANCE_SCORES
+from pipeline.schemas import INSTANCE_SCORES
 from pipeline.config import PipelineConfig, ScoreConfig
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from storage import DatasetStore, decode_image

@@ -1,4 +1,4 @@
-"""Stage `segment`: `lq_pairs` -> `instances` (schema: pipeline.catalog.INSTANCES).
+"""Stage `segment`: `lq_pairs` -> `instances` (schema: pipeline.schemas.INSTANCES).
 
 SAM runs once per sample on the anchor image and its masks serve all N candidates,
 which are pixel-aligned with the HR crop. Without a SAM checkpoint the configured
@@ -15,7 +15,7 @@ from PIL import Image
 
 from dspo_core.segment import SAM_CHECKPOINT_FILES, Segmenter, SegmenterConfig, build_segmenter
 from pipeline import models
-from pipeline.catalog import stable_id, INSTANCES
+from pipeline.schemas import stable_id, INSTANCES
 from pipeline.config import PipelineConfig, SegmentConfig
 from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards

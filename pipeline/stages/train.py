@@ -1,5 +1,5 @@
 """Stage `train`: (`preferences`, `sr_candidates`, `lq_pairs`) -> `checkpoints`
-(schema: pipeline.catalog.CHECKPOINTS), plus `train_metrics` (pipeline.catalog.TRAIN_METRICS).
+(schema: pipeline.schemas.CHECKPOINTS), plus `train_metrics` (pipeline.schemas.TRAIN_METRICS).
 
 DSPO fine-tuning of a diffusion SR backbone (dspo_core.train.DSPOTrainer) on the
 instance-level preference pairs. Design choices:
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from dspo_core.segment import rle
 from dspo_core.sr import LORA_WEIGHT_NAME, DiffusionSRBackbone, build_backbone
 from dspo_core.train import DSPOTrainer, PairExample
-from pipeline.catalog import CHECKPOINTS, TRAIN_METRIC_KEYS, TRAIN_METRICS, stable_id
+from pipeline.schemas import CHECKPOINTS, TRAIN_METRIC_KEYS, TRAIN_METRICS, stable_id
 from pipeline.config import PipelineConfig, TrainStageConfig
 from pipeline.fetch import fetch_weights
 from pipeline.stage import Shard, ShardOutput, Stage, fingerprint_of

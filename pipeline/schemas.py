@@ -146,7 +146,7 @@ mask, weight, margin and text feedback; its manifest lineage names every input v
 `dspo datasets pull preferences@vN --with-images` adds the LQ, HR, winner and loser images."""
 
 #: The per-step metric columns of `train_metrics`: dspo_core.train.metrics.TRAIN_KEYS, spelled
-#: out here so importing the catalog needs no torch (a test checks they stay equal).
+#: out here so importing the schemas needs no torch (a test checks they stay equal).
 TRAIN_METRIC_KEYS = ("loss", "implicit_acc", "margin", "d_w_policy", "d_w_ref", "d_l_policy", "d_l_ref",
                      "grad_norm", "lr", "epoch", "pairs_per_s")
 

@@ -1,6 +1,6 @@
 """Preference pairs per semantic instance from IQA rewards and human labels (DSPO steps 5-7).
 
-    pairs, report = make_pairs(instances, labels, PreferenceConfig())
+    pairs, report = make_pairs(instances, labels, PairConfig())
     manifest["preferences"] = report.model_dump(mode="json")   # agreement_table() for a table
 
 Inputs: one ``InstanceRewards`` per (sample, instance) with the N candidates' combined rewards
@@ -119,7 +119,7 @@ class HumanLabel(BaseModel):
     source: str = "human"
 
 
-class PreferenceConfig(BaseModel):
+class PairConfig(BaseModel):
     """How instance rankings become preference pairs. Reward ties are always broken by candidate id
     (module doc): not configurable, as any fixed rule serves and determinism is what matters."""
 
@@ -142,7 +142,7 @@ class PreferenceConfig(BaseModel):
         "'iqa' falls back to the IQA pairs (keeps the data, the default); 'drop' drops the instance."))
 
 
-class PreferencePair(BaseModel):
+class InstancePair(BaseModel):
     """One training pair (output): the two full candidate images of a sample, compared on one instance.
 
     pair_id: ``pair_id(sample_id, instance_id, winner_id, loser_id)``; weight: loss weight (the
@@ -214,7 +214,7 @@ class Agreement(BaseModel):
     n: int
 
 
-class PreferenceReport(BaseModel):
+class PairReport(BaseModel):
     """What ``make_pairs`` did (output, JSON-able for the manifest).
 
     instances: inputs; labelled_instances: instances with >= 1 valid label; pairs: emitted;
@@ -320,7 +320,7 @@ def _resolve(votes: Sequence[_Vote], rule: str) -> tuple[CandidateId, CandidateI
     return picks[0], picks[1]
 
 
-def _iqa_pairs(inst: InstanceRewards, config: PreferenceConfig) -> list[tuple[CandidateId, CandidateId]]:
+def _iqa_pairs(inst: InstanceRewards, config: PairConfig) -> list[tuple[CandidateId, CandidateId]]:
     """(winner, loser) pairs of the IQA strategy, before gap filtering, in rank order."""
     ranking = sorted(inst.rewards, key=lambda c: (-inst.rewards[c], order_key(c)))
     if config.strategy == "best_worst":
@@ -330,18 +330,18 @@ def _iqa_pairs(inst: InstanceRewards, config: PreferenceConfig) -> list[tuple[Ca
 
 
 def make_pairs(instances: Sequence[InstanceRewards], labels: Iterable[HumanLabel] = (),
-               config: PreferenceConfig | None = None) -> tuple[list[PreferencePair], PreferenceReport]:
+               config: PairConfig | None = None) -> tuple[list[InstancePair], PairReport]:
     """Preference pairs of every instance (input order, then rank order) and the report; rules in
     the module doc. ValueError on duplicate (sample_id, instance_id): a pipeline bug, not data."""
-    config = config or PreferenceConfig()
+    config = config or PairConfig()
     index: dict[Key, InstanceRewards] = {inst.key: inst for inst in instances}
     if len(index) != len(instances):
         raise ValueError(f"duplicate instances {[k for k, n in Counter(i.key for i in instances).items() if n > 1]}")
     votes, errors = _validate_labels(labels, index)
-    report = PreferenceReport(instances=len(index), labelled_instances=len(votes), label_errors=errors,
+    report = PairReport(instances=len(index), labelled_instances=len(votes), label_errors=errors,
                               config=config.model_dump())
     hits: dict[str, list[float]] = defaultdict(list)  # score name -> per-instance agreement (1, 0.5, 0)
-    pairs: list[PreferencePair] = []
+    pairs: list[InstancePair] = []
 
     def drop(key: Key, w: CandidateId, l: CandidateId, margin: float, reason: str) -> None:
         report.dropped.append(DroppedPair(sample_id=key[0], instance_id=key[1], winner_id=w, loser_id=l,
@@ -383,7 +383,7 @@ def make_pairs(instances: Sequence[InstanceRewards], labels: Iterable[HumanLabel
             # Text feedback describes a region of a specific candidate: attach only what was said about this loser.
             about = [v for v in inst_votes if v.worst == l]
             descriptions = list(dict.fromkeys(d for v in about for d in v.descriptions))
-            pairs.append(PreferencePair(
+            pairs.append(InstancePair(
                 pair_id=pair_id(key[0], key[1], w, l), sample_id=key[0], instance_id=key[1], winner_id=w, loser_id=l,
                 weight=weight, margin=r[w] - r[l], source=source, winner_reward=r[w], loser_reward=r[l],
                 human_hallucination=any(v.hallucination for v in about),

@@ -1,4 +1,4 @@
-"""Preference pairs from per-instance rewards and human labels (dspo_core.preferences)."""
+"""Preference pairs from per-instance rewards and human labels (dspo_core.pairs)."""
 
 import json
 import subprocess
@@ -7,10 +7,10 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from dspo_core.preferences import (
+from dspo_core.pairs import (
     HumanLabel,
     InstanceRewards,
-    PreferenceConfig,
+    PairConfig,
     make_pairs,
     pair_id,
 )
@@ -42,7 +42,7 @@ def test_best_worst_of_n_hand_example():
 def test_min_gap_drops_and_reports():
     instances = [inst({0: 0.50, 1: 0.55}, instance=0), inst({0: 0.1, 1: 0.9}, instance=1),
                  inst({0: 0.4, 1: 0.4, 2: 0.4}, instance=2)]
-    pairs, report = make_pairs(instances, config=PreferenceConfig(min_reward_gap=0.1))
+    pairs, report = make_pairs(instances, config=PairConfig(min_reward_gap=0.1))
     assert [(p.instance_id, p.winner_id, p.loser_id) for p in pairs] == [(1, 1, 0)]
     assert report.dropped_small_gap == 2
     reasons = {(d.instance_id, d.reason) for d in report.dropped}
@@ -55,14 +55,14 @@ def test_min_gap_drops_and_reports():
 
 def test_top_bottom_k_counts_and_weights():
     rewards = {0: 0.9, 1: 0.8, 2: 0.5, 3: 0.2, 4: 0.1}
-    pairs, report = make_pairs([inst(rewards, weight=0.4)], config=PreferenceConfig(strategy="top_bottom_k", k=2))
+    pairs, report = make_pairs([inst(rewards, weight=0.4)], config=PairConfig(strategy="top_bottom_k", k=2))
     assert wl(pairs) == [(0, 3), (0, 4), (1, 3), (1, 4)]
     assert all(p.weight == pytest.approx(0.1) for p in pairs)
     # k is clamped to N // 2: N=4, k=3 gives the 2 x 2 disjoint pairs.
-    pairs, _ = make_pairs([inst({0: 0.9, 1: 0.8, 2: 0.2, 3: 0.1})], config=PreferenceConfig(strategy="top_bottom_k", k=3))
+    pairs, _ = make_pairs([inst({0: 0.9, 1: 0.8, 2: 0.2, 3: 0.1})], config=PairConfig(strategy="top_bottom_k", k=3))
     assert wl(pairs) == [(0, 2), (0, 3), (1, 2), (1, 3)]
     # A dropped pair leaves the instance's weight to the kept ones (it keeps its mass).
-    cfg = PreferenceConfig(strategy="top_bottom_k", k=2, min_reward_gap=0.65)
+    cfg = PairConfig(strategy="top_bottom_k", k=2, min_reward_gap=0.65)
     pairs, report = make_pairs([inst(rewards, weight=0.4)], config=cfg)
     assert wl(pairs) == [(0, 3), (0, 4), (1, 4)] and report.dropped_small_gap == 1
     assert sum(p.weight for p in pairs) == pytest.approx(0.4)
@@ -75,7 +75,7 @@ def test_ties_broken_by_candidate_id_whatever_the_dict_order():
     for rewards in (a, b):
         pairs, _ = make_pairs([inst(rewards)])
         assert wl(pairs) == [("a", "d")]  # lower id ranks higher on both ends
-    pairs, _ = make_pairs([inst(a)], config=PreferenceConfig(strategy="top_bottom_k", k=2))
+    pairs, _ = make_pairs([inst(a)], config=PairConfig(strategy="top_bottom_k", k=2))
     assert wl(pairs) == [("a", "c"), ("a", "d"), ("b", "c"), ("b", "d")]
     _, report = make_pairs([inst({2: 0.5, 0: 0.5, 1: 0.5})])
     (d,) = report.dropped
@@ -86,7 +86,7 @@ def test_human_override_both_and_iqa_sources():
     instances = [inst({0: 0.9, 1: 0.5, 2: 0.1}, instance=i) for i in range(3)]
     labels = [label(0, 2, instance=0),              # agrees with IQA
               label(2, 0, instance=1, hallucination=True, description="fake text on sign")]
-    pairs, report = make_pairs(instances, labels, PreferenceConfig(min_reward_gap=0.5))
+    pairs, report = make_pairs(instances, labels, PairConfig(min_reward_gap=0.5))
     by = {p.instance_id: p for p in pairs}
     assert by[0].source == "both" and (by[0].winner_id, by[0].loser_id) == (0, 2)
     assert by[1].source == "human" and (by[1].winner_id, by[1].loser_id) == (2, 0)
@@ -96,14 +96,14 @@ def test_human_override_both_and_iqa_sources():
     assert by[0].annotators == ["ann1"] and by[0].weight == 1.0
     assert (report.human_pairs, report.human_overrides, report.human_agreed, report.labelled_instances) == (2, 1, 1, 2)
     # Text feedback attaches only to a pair whose loser is the candidate it describes.
-    pairs, _ = make_pairs(instances[1:2], labels[1:], PreferenceConfig(use_human_labels=False))
+    pairs, _ = make_pairs(instances[1:2], labels[1:], PairConfig(use_human_labels=False))
     assert wl(pairs) == [(0, 2)] and pairs[0].source == "iqa" and pairs[0].annotators == ["ann1"]
     assert (pairs[0].human_hallucination, pairs[0].human_description) == (False, None)
 
 
 def test_human_pair_in_top_bottom_k_is_both_when_iqa_would_form_it():
     rewards = {0: 0.9, 1: 0.8, 2: 0.2, 3: 0.1}
-    pairs, _ = make_pairs([inst(rewards, weight=0.6)], [label(1, 2)], PreferenceConfig(strategy="top_bottom_k"))
+    pairs, _ = make_pairs([inst(rewards, weight=0.6)], [label(1, 2)], PairConfig(strategy="top_bottom_k"))
     assert wl(pairs) == [(1, 2)] and pairs[0].source == "both" and pairs[0].weight == 0.6
 
 
@@ -118,7 +118,7 @@ def test_majority_vote_and_description_merging():
     assert p.human_hallucination is True and p.human_description == "extra eye"
     assert report.contested == 0
     # Best 1 has 2 of 4 votes: a plurality, not an absolute majority.
-    pairs, report = make_pairs([inst({0: 0.2, 1: 0.9, 2: 0.5, 3: 0.1})], labels, PreferenceConfig(human_vote="absolute"))
+    pairs, report = make_pairs([inst({0: 0.2, 1: 0.9, 2: 0.5, 3: 0.1})], labels, PairConfig(human_vote="absolute"))
     assert report.contested == 1 and "absolute majority for best" in report.contested_instances[0].reason
     assert pairs[0].source == "iqa"
 
@@ -133,7 +133,7 @@ def test_contested_falls_back_to_iqa_or_is_dropped():
     assert "tied best vote" in c.reason and c.votes == {"best": {"1": 1, "0": 1}, "worst": {"2": 2}}
     assert wl(pairs) == [(0, 2)] and pairs[0].source == "iqa" and pairs[0].annotators == ["a", "b"]
     assert report.agreement == {}  # no human judgement to agree with
-    pairs, report = make_pairs(instances, labels, PreferenceConfig(contested="drop"))
+    pairs, report = make_pairs(instances, labels, PairConfig(contested="drop"))
     assert pairs == [] and report.dropped_contested == 1 and report.dropped[0].reason == "contested"
     # Voted best == voted worst is contested too.
     labels = [label(1, 2, "a"), label(1, 3, "b"), label(2, 1, "c"), label(3, 1, "d")]
@@ -158,7 +158,7 @@ def test_agreement_accuracy_by_hand():
     assert ag["reward"] == (1.0, 3) and ag["fr_mean"] == (0.0, 3) and "nr_mean" not in ag
     assert report.agreement_table()[0] == {"score": "A", "accuracy": pytest.approx(2.5 / 3), "n": 3}
     # Ablation without human pairs still measures agreement.
-    pairs, report2 = make_pairs(instances, labels, PreferenceConfig(use_human_labels=False))
+    pairs, report2 = make_pairs(instances, labels, PairConfig(use_human_labels=False))
     assert report2.agreement == report.agreement and {p.source for p in pairs} == {"iqa"}
 
 
@@ -189,7 +189,7 @@ def test_pair_ids_stable_and_distinct():
            pair_id("s0", "0", 1, 3), pair_id("s0", 0, "1", 3)}
     assert len(ids) == 6
     instances = [inst({0: 0.9, 1: 0.8, 2: 0.2, 3: 0.1}, instance=i) for i in range(3)]
-    cfg = PreferenceConfig(strategy="top_bottom_k")
+    cfg = PairConfig(strategy="top_bottom_k")
     first, second = make_pairs(instances, config=cfg)[0], make_pairs(instances, config=cfg)[0]
     assert [p.pair_id for p in first] == [p.pair_id for p in second]
     assert len({p.pair_id for p in first}) == 12
@@ -211,11 +211,11 @@ def test_input_validation():
     with pytest.raises(ValueError, match="duplicate"):
         make_pairs([inst({0: 0.1, 1: 0.2}), inst({0: 0.3, 1: 0.2})])
     with pytest.raises(ValidationError):
-        PreferenceConfig(strategy="all_pairs")
+        PairConfig(strategy="all_pairs")
 
 
 def test_imports_no_torch_or_orchestration():
-    code = ("import sys, dspo_core.preferences; "
+    code = ("import sys, dspo_core.pairs; "
             "bad = [m for m in ('torch', 'prefect', 'storage', 'pipeline', 'flows') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
