@@ -14,12 +14,15 @@ kept pairs sharing the instance weight equally (w_m / pairs kept) so every insta
 mass w_m, as in L = sum_m w_m L^m. An IQA pair with margin 0 (a pure tie says nothing) or
 below ``min_reward_gap`` is dropped and recorded as a ``DroppedPair``.
 
-Human labels: invalid ones become ``LabelError`` s, the rest proceed. Each annotator has one vote
-per instance; best and worst are voted separately. A resolved vote replaces the instance's IQA
-pairs with one pair of the full instance weight and no gap filter (the human judgement is the
-point): source "both" if IQA would have formed that pair, else "human" ("iqa": no resolved, used
-vote). An unresolved vote makes the instance *contested*: reported, and by default it falls
-back to IQA (``contested="drop"`` drops it).
+Human labels follow dspo_core.label_rules, as the importer does: a label naming an unknown
+instance or candidate, or best == worst, is a ``LabelError``; each annotator's first label on
+an instance is their vote, a later identical one a ``DuplicateLabel`` (counted once, not an
+error), a later different one a "conflicting" ``LabelError``. Best and worst are voted
+separately. A resolved vote replaces the instance's IQA pairs with one pair of the full
+instance weight and no gap filter (the human judgement is the point): source "both" if IQA
+would have formed that pair, else "human" ("iqa": no resolved, used vote). An unresolved vote
+makes the instance *contested*: reported, and by default it falls back to IQA
+(``contested="drop"`` drops it).
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dspo_core.label_rules import Judgement, StandingJudgements, choice_problem
 
 CandidateId = int | str
 InstanceId = int | str
@@ -181,18 +185,28 @@ class DroppedPair(BaseModel):
     reason: Literal["zero_gap", "below_min_gap", "contested"]
 
 
-class LabelError(BaseModel):
-    """A rejected human label. code: "unknown_instance" (offending_id = the instance id),
-    "unknown_candidate" (offending_id = the best or worst id), "best_equals_worst" (offending_id =
-    that id), "contradictory" (one annotator gave different best/worst on one instance; all of
-    that annotator's labels there are rejected; offending_id = the annotator)."""
-
+class _LabelNote(BaseModel):
+    # A label that adds no vote; position: its index in the labels given to make_pairs.
     sample_id: str
     instance_id: InstanceId
     annotator: str
-    code: Literal["unknown_instance", "unknown_candidate", "best_equals_worst", "contradictory"]
-    offending_id: CandidateId | InstanceId
+    position: int
     reason: str
+
+
+class DuplicateLabel(_LabelNote):
+    """A label repeating the annotator's earlier label on the instance exactly (same best, worst,
+    hallucination, description): counted once, not an error; reason names the earlier one."""
+
+
+class LabelError(_LabelNote):
+    """A rejected human label. code: "unknown_instance" (offending_id = the instance id),
+    "unknown_candidate" (offending_id = the best or worst id), "best_equals_worst" (offending_id =
+    that id), "conflicting" (the annotator's earlier label on the instance, which stays their vote,
+    says otherwise; offending_id = the annotator; reason names it and what differs)."""
+
+    code: Literal["unknown_instance", "unknown_candidate", "best_equals_worst", "conflicting"]
+    offending_id: CandidateId | InstanceId
 
 
 class ContestedInstance(BaseModel):
@@ -221,9 +235,10 @@ class PairReport(BaseModel):
     dropped_small_gap: IQA pairs dropped for zero/below-min margin; dropped_contested: contested
     instances dropped (``contested="drop"``); human_pairs: instances whose pair came from labels;
     human_overrides: of those, source "human" (differs from IQA); human_agreed: source "both";
-    contested: count of ``contested_instances``; dropped: every ``DroppedPair``; label_errors:
-    every ``LabelError``; agreement: score name -> ``Agreement`` over resolved labelled instances
-    (each metric, "reward", and "fr_mean"/"nr_mean" when given); config: the config used.
+    contested: count of ``contested_instances``; dropped: every ``DroppedPair``; label_errors /
+    duplicate_labels: every ``LabelError`` / ``DuplicateLabel``; agreement: score name ->
+    ``Agreement`` over resolved labelled instances (each metric, "reward", and "fr_mean"/"nr_mean"
+    when given); config: the config used.
     """
 
     instances: int = 0
@@ -238,6 +253,7 @@ class PairReport(BaseModel):
     contested_instances: list[ContestedInstance] = Field(default_factory=list)
     dropped: list[DroppedPair] = Field(default_factory=list)
     label_errors: list[LabelError] = Field(default_factory=list)
+    duplicate_labels: list[DuplicateLabel] = Field(default_factory=list)
     agreement: dict[str, Agreement] = Field(default_factory=dict)
     config: dict = Field(default_factory=dict)
 
@@ -246,64 +262,45 @@ class PairReport(BaseModel):
         return [{"score": k, "accuracy": a.accuracy, "n": a.n} for k, a in sorted(self.agreement.items())]
 
 
-@dataclass(frozen=True)
-class _Vote:
-    # One annotator's merged labels on one instance (identical duplicates collapse into one vote).
-    annotator: str
-    best: CandidateId
-    worst: CandidateId
-    hallucination: bool
-    descriptions: list[str]
-
-
-def _validate_labels(labels: Iterable[HumanLabel],
-                     index: dict[Key, InstanceRewards]) -> tuple[dict[Key, list[_Vote]], list[LabelError]]:
-    """Reject bad labels (reported, the rest proceed) and merge each annotator's labels per instance."""
+def _validate_labels(labels: Iterable[HumanLabel], index: dict[Key, InstanceRewards]
+                     ) -> tuple[dict[Key, list[HumanLabel]], list[LabelError], list[DuplicateLabel]]:
+    """(votes: each annotator's standing label per instance, annotators sorted; rejected labels;
+    exact repeats), by dspo_core.label_rules; labels[i] names the label at index i of `labels`."""
     errors: list[LabelError] = []
-    grouped: dict[Key, dict[str, list[HumanLabel]]] = defaultdict(lambda: defaultdict(list))
-
-    def reject(lab: HumanLabel, code: str, offending: CandidateId, reason: str) -> None:
-        errors.append(LabelError(sample_id=lab.sample_id, instance_id=lab.instance_id, annotator=lab.annotator,
-                                 code=code, offending_id=offending, reason=reason))
-
-    for lab in labels:
+    duplicates: list[DuplicateLabel] = []
+    standing = StandingJudgements()
+    grouped: dict[Key, dict[str, HumanLabel]] = defaultdict(dict)
+    for position, lab in enumerate(labels):
+        about = {"sample_id": lab.sample_id, "instance_id": lab.instance_id, "annotator": lab.annotator,
+                 "position": position}
         inst = index.get((lab.sample_id, lab.instance_id))
         if inst is None:
-            reject(lab, "unknown_instance", lab.instance_id, f"no rewards for {(lab.sample_id, lab.instance_id)}")
+            errors.append(LabelError(**about, code="unknown_instance", offending_id=lab.instance_id,
+                                     reason=f"no rewards for {(lab.sample_id, lab.instance_id)}"))
             continue
         unknown = [(role, c) for role, c in (("best", lab.best), ("worst", lab.worst)) if c not in inst.rewards]
-        for role, c in unknown:
-            reject(lab, "unknown_candidate", c, f"{role} {c!r} is not a candidate of this instance "
-                   f"(candidates {sorted(inst.rewards, key=order_key)})")
+        errors += [LabelError(**about, code="unknown_candidate", offending_id=c, reason=(
+            f"{role} {c!r} is not a candidate of this instance (candidates {sorted(inst.rewards, key=order_key)})"))
+            for role, c in unknown]
         if unknown:
             continue
-        if lab.best == lab.worst:
-            reject(lab, "best_equals_worst", lab.best, f"best and worst are both {lab.best!r}")
+        problem = choice_problem(lab.best, lab.worst)
+        if problem is not None:
+            errors.append(LabelError(**about, code="best_equals_worst", offending_id=lab.best, reason=problem))
             continue
-        grouped[inst.key][lab.annotator].append(lab)
-
-    votes: dict[Key, list[_Vote]] = {}
-    for key, by_annotator in grouped.items():
-        kept = []
-        for annotator in sorted(by_annotator):
-            labs = by_annotator[annotator]
-            choices = sorted({(lab.best, lab.worst) for lab in labs}, key=lambda p: (order_key(p[0]), order_key(p[1])))
-            if len(choices) > 1:
-                # Which of the annotator's answers to believe is unknowable: reject them all.
-                reject(labs[0], "contradictory", annotator, f"annotator {annotator!r} gave (best, worst) {choices} "
-                       f"on instance {key[1]!r} of sample {key[0]!r}")
-                continue
-            # Blank descriptions count as none; repeats of the same text collapse.
-            descriptions = list(dict.fromkeys(lab.description.strip() for lab in labs
-                                              if lab.description and lab.description.strip()))
-            kept.append(_Vote(annotator=annotator, best=choices[0][0], worst=choices[0][1],
-                              hallucination=any(lab.hallucination for lab in labs), descriptions=descriptions))
-        if kept:
-            votes[key] = kept
-    return votes, errors
+        judgement = Judgement.of(lab.best, lab.worst, lab.hallucination, lab.description)
+        repeat = standing.add((lab.annotator, *inst.key), judgement, f"labels[{position}]")
+        if repeat is None:
+            grouped[inst.key][lab.annotator] = lab
+        elif repeat.duplicate:
+            duplicates.append(DuplicateLabel(**about, reason=repeat.reason))
+        else:
+            errors.append(LabelError(**about, code="conflicting", offending_id=lab.annotator, reason=repeat.reason))
+    votes = {key: [by_annotator[name] for name in sorted(by_annotator)] for key, by_annotator in grouped.items()}
+    return votes, errors, duplicates
 
 
-def _resolve(votes: Sequence[_Vote], rule: str) -> tuple[CandidateId, CandidateId] | str:
+def _resolve(votes: Sequence[HumanLabel], rule: str) -> tuple[CandidateId, CandidateId] | str:
     """The voted (best, worst), or the reason the vote is contested."""
     picks = []
     for role in ("best", "worst"):
@@ -337,9 +334,9 @@ def make_pairs(instances: Sequence[InstanceRewards], labels: Iterable[HumanLabel
     index: dict[Key, InstanceRewards] = {inst.key: inst for inst in instances}
     if len(index) != len(instances):
         raise ValueError(f"duplicate instances {[k for k, n in Counter(i.key for i in instances).items() if n > 1]}")
-    votes, errors = _validate_labels(labels, index)
+    votes, errors, duplicates = _validate_labels(labels, index)
     report = PairReport(instances=len(index), labelled_instances=len(votes), label_errors=errors,
-                              config=config.model_dump())
+                        duplicate_labels=duplicates, config=config.model_dump())
     hits: dict[str, list[float]] = defaultdict(list)  # score name -> per-instance agreement (1, 0.5, 0)
     pairs: list[InstancePair] = []
 
@@ -382,7 +379,8 @@ def make_pairs(instances: Sequence[InstanceRewards], labels: Iterable[HumanLabel
         for w, l, weight, source in chosen:
             # Text feedback describes a region of a specific candidate: attach only what was said about this loser.
             about = [v for v in inst_votes if v.worst == l]
-            descriptions = list(dict.fromkeys(d for v in about for d in v.descriptions))
+            # Blank descriptions count as none; the same text from several annotators is said once.
+            descriptions = list(dict.fromkeys(text for v in about if (text := (v.description or "").strip())))
             pairs.append(InstancePair(
                 pair_id=pair_id(key[0], key[1], w, l), sample_id=key[0], instance_id=key[1], winner_id=w, loser_id=l,
                 weight=weight, margin=r[w] - r[l], source=source, winner_reward=r[w], loser_reward=r[l],

@@ -65,7 +65,7 @@ def _pipeline_parameters(profile: str, overrides: list[str] | None, store: str |
 def write_report(store: str | None) -> Path | None:
     """The latest `eval_report` row as <project>/.dspo/report/v<N>/report.md + grid.png (a file to
     open, where the store holds a Parquet row); None when the store has no report yet."""
-    from pipeline.cli.common import project_dir, store_uri
+    from pipeline.paths import project_dir, store_uri
     from storage import DatasetStore, decode_image
 
     opened = DatasetStore(store_uri(store))
@@ -141,11 +141,11 @@ def down_command(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")] = 15,
 ) -> None:
     """Stop the worker and server that `dspo up` started (their process groups, flow runs included)."""
-    from flows import stack
+    from flows import stack, stack_state
 
     stopped = stack.down(state_dir, timeout=timeout, say=console().print)
     if not stopped:
-        console().print(f"nothing to stop in {stack.state_dir(state_dir)}", soft_wrap=True, highlight=False)
+        console().print(f"nothing to stop in {stack_state.state_dir(state_dir)}", soft_wrap=True, highlight=False)
 
 
 @app.command("status")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 
-from pipeline.cli.common import store_uri
+from pipeline.paths import store_uri
 
 FLOW_PREFIX = "dspo-"
 PARENT_FLOW = "dspo"

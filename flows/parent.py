@@ -35,7 +35,7 @@ from prefect.runtime import deployment as current_deployment
 
 from flows.common import PARENT_FLOW, artifact_key, flow_name, poll_seconds, resolve_store, stage_deployment
 from flows.stage_flows import STAGE_FLOWS
-from pipeline.stages import PIPELINE_ORDER, STAGE_SPECS
+from pipeline.stages import PIPELINE_ORDER, STAGE_SPECS, pinned_inputs
 
 
 log = logging.getLogger("dspo.flows")
@@ -48,13 +48,6 @@ class StageRunFailed(RuntimeError):
 def pipeline_stages() -> list[str]:
     """Every stage, in pipeline order."""
     return list(PIPELINE_ORDER)
-
-
-def stage_inputs(name: str, outputs: dict[str, str]) -> dict[str, str]:
-    """The refs among earlier outputs that stage `name` accepts."""
-    stage = STAGE_SPECS[name]
-    accepted = (*stage.inputs, *stage.optional_inputs)
-    return {dataset: ref for dataset, ref in outputs.items() if dataset in accepted}
 
 
 def child_ref(child, stage: str) -> str:
@@ -124,7 +117,7 @@ def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, A
     outputs: dict[str, str] = {}
     rows = []
     for name in pipeline_stages():
-        parameters = {"store": uri, "inputs": stage_inputs(name, outputs), "profile": profile,
+        parameters = {"store": uri, "inputs": pinned_inputs(name, outputs), "profile": profile,
                       "overrides": overrides, "force": force}
         if use_deployments:
             ref = run_stage_deployment(name, parameters)

@@ -24,26 +24,17 @@ profile, overrides, pinned inputs: `JobContext`), so it runs in any process: on 
 the job is rebuilt once per process and flow run (same pinned inputs, so the same fingerprint
 and scratch area). In the flow's own process (threads) it finds the flow's job in `JOBS`.
 
-Threads and the StageJob. The job is built once in the flow; tasks share it read-only (store,
-pinned inputs, section, shard list, scratch area: each shard writes its own scratch key). Stage
-objects, however, cache models that are not safe to share between threads (stateful diffusers
-schedulers, SAM's predictor), so each task borrows a stage *instance* from a per-stage pool: the
-registry's object first, more instances (`type(stage)()`) only as concurrency requires, each
-reused by later tasks. A borrowed instance runs on a shallow copy of the job (`copy.copy(job)`
-with `.stage` swapped), so the staging code in `StageJob.run_shard` is the one `dspo run` uses.
-Model construction seeds torch's global RNG (random-init tiny models), so the first shard an
-instance runs for a config (when it builds its models) holds a process-wide lock: two builds
-never interleave and every instance gets identical weights.
+Threads and the StageJob. The job is built once in the flow and its shard tasks share it:
+`StageJob.run_shard` is thread-safe, and the models a stage runs with come from the stage
+framework's per-process cache (pipeline.stage_models), so this module knows nothing of them.
 """
-import copy
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
@@ -57,106 +48,17 @@ from flows.common import (
     artifact_key, dask_address, flow_name, resolve_store, shard_retries, shard_retry_delays, shard_workers,
     task_runner_kind,
 )
-from flows.previews import manifest_summary, preview_markdown
 from pipeline.config import load_config
-from pipeline.stage import Shard, Stage, StageJob
+from pipeline.previews import manifest_summary, preview_markdown
+from pipeline.stage import Shard, StageJob
 from pipeline.stages import STAGE_SPECS, STAGES
 from storage import DatasetStore, StorageUnavailableError
 from storage.retry import is_transient
 
 log = logging.getLogger("dspo.flows")
 
-#: Held while a stage instance builds its models (its first shard for a config); see the module docstring.
-BUILD_LOCK = threading.Lock()
-
-
-class StagePool:
-    """Instances of one stage class for concurrent shards: borrow one, give it back after."""
-
-    def __init__(self, prototype: Stage):
-        self.prototype = prototype
-        self._free: list[Stage] = [prototype]
-        self._warm: dict[int, set[str]] = {}
-        self._cond = threading.Condition()
-        self._clonable = True
-        self.size = 1
-
-    def _new(self) -> Stage | None:
-        try:
-            instance = type(self.prototype)()
-        except TypeError:  # a stage whose constructor takes arguments: share the one instance
-            self._clonable = False
-            return None
-        self.size += 1
-        return instance
-
-    @contextmanager
-    def borrow(self, config_key: str) -> Iterator[tuple[Stage, bool]]:
-        """(an instance nobody else is using, whether it already ran this config)."""
-        with self._cond:
-            while True:
-                if self._free:
-                    instance = self._free.pop()
-                    break
-                if self._clonable:
-                    instance = self._new()
-                    if instance is not None:
-                        break
-                self._cond.wait()
-        warm = config_key in self._warm.get(id(instance), ())
-        try:
-            yield instance, warm
-            self._warm.setdefault(id(instance), set()).add(config_key)
-        finally:
-            with self._cond:
-                self._free.append(instance)
-                self._cond.notify()
-
-
-POOLS: dict[str, StagePool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def pool_of(stage: Stage) -> StagePool:
-    with _POOLS_LOCK:
-        pool = POOLS.get(stage.name)
-        if pool is None or pool.prototype is not stage:
-            pool = POOLS[stage.name] = StagePool(stage)
-        return pool
-
-
-class TimedStage:
-    """A stage proxy that times `run_shard` (model compute + its input reads) and keeps its output counts."""
-
-    def __init__(self, stage: Stage):
-        self._stage = stage
-        self.seconds = 0.0
-        self.rows = 0
-        self.quarantined = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stage, name)
-
-    def run_shard(self, *args, **kwargs):
-        started = time.perf_counter()
-        try:
-            output = self._stage.run_shard(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - started
-        self.rows += output.table.num_rows
-        self.quarantined += len(output.quarantine)
-        return output
-
-
-@dataclass
-class RunningJob:
-    """A StageJob of a flow run in progress (`config_key` keys the stage-instance pool)."""
-
-    job: StageJob
-    config_key: str
-
-
-JOBS: dict[str, RunningJob] = {}
+#: The StageJob of each flow run in progress in this process, by job id.
+JOBS: dict[str, StageJob] = {}
 
 
 @dataclass(frozen=True)
@@ -170,22 +72,21 @@ class JobContext:
 
 
 #: Jobs rebuilt in this process for shard tasks of flow runs elsewhere (Dask workers), newest last.
-REBUILT_JOBS: "OrderedDict[str, RunningJob]" = OrderedDict()
+REBUILT_JOBS: "OrderedDict[str, StageJob]" = OrderedDict()
 REBUILT_JOBS_KEPT = 4
 _REBUILT_LOCK = threading.Lock()
 
 
-def running_job(job_id: str, stage: str, context: JobContext) -> RunningJob:
+def running_job(job_id: str, stage: str, context: JobContext) -> StageJob:
     """The flow's job when the task runs in the flow's process, else one rebuilt from `context`."""
     if job_id in JOBS:
         return JOBS[job_id]
     with _REBUILT_LOCK:
         if job_id not in REBUILT_JOBS:
-            job = StageJob(STAGES[stage], DatasetStore(context.store), load_config(context.profile, context.overrides),
-                           inputs=context.inputs)
-            REBUILT_JOBS[job_id] = RunningJob(job, job.section.model_dump_json())
+            REBUILT_JOBS[job_id] = StageJob(STAGES[stage], DatasetStore(context.store),
+                                            load_config(context.profile, context.overrides), inputs=context.inputs)
             while len(REBUILT_JOBS) > REBUILT_JOBS_KEPT:
-                REBUILT_JOBS.popitem(last=False)[1].job.store.close()
+                REBUILT_JOBS.popitem(last=False)[1].store.close()
         REBUILT_JOBS.move_to_end(job_id)
         return REBUILT_JOBS[job_id]
 
@@ -212,24 +113,15 @@ def retry_on_transient(task, task_run, state) -> bool:
 
 def compute_shard(job_id: str, stage: str, shard_key: str, items: tuple, context: JobContext) -> dict:
     """Compute one shard and stage it in the store's scratch area (see the module docstring)."""
-    running = running_job(job_id, stage, context)
-    shard = Shard(shard_key, tuple(items))
+    job = running_job(job_id, stage, context)
     started = time.perf_counter()
-    with pool_of(running.job.stage).borrow(running.config_key) as (instance, warm):
-        timed = TimedStage(instance)
-        worker = copy.copy(running.job)
-        worker.stage = timed
-        if warm:
-            worker.run_shard(shard)
-        else:
-            with BUILD_LOCK:
-                worker.run_shard(shard)
+    report = job.run_shard(Shard(shard_key, tuple(items)))
     seconds = time.perf_counter() - started
     get_run_logger().info("%s %s: %d rows (%d items, %d quarantined) in %.2fs, %.2fs in run_shard (pid %d)",
-                          stage, shard_key, timed.rows, len(shard.items), timed.quarantined, seconds, timed.seconds,
+                          stage, shard_key, report.rows, len(items), report.quarantined, seconds, report.seconds,
                           os.getpid())
-    return {"shard": shard_key, "seconds": seconds, "compute_seconds": timed.seconds, "rows": timed.rows,
-            "quarantined": timed.quarantined}
+    return {"shard": shard_key, "seconds": seconds, "compute_seconds": report.seconds, "rows": report.rows,
+            "quarantined": report.quarantined}
 
 
 # The task wraps a module-level function, so Dask pickles it by reference (a decorated function
@@ -242,7 +134,7 @@ run_shard = task(name="run-shard", task_run_name="{stage}-{shard_key}", retries=
 @task(name="publish", task_run_name="publish-{stage}", cache_policy=NO_CACHE, persist_result=False)
 def publish(job_id: str, stage: str) -> str:
     """Publish the staged shards as the next version of the stage's dataset (one commit)."""
-    return JOBS[job_id].job.publish()
+    return JOBS[job_id].publish()
 
 
 def _map_shards(job_id: str, name: str, job: StageJob, context: JobContext, logger) -> tuple[int, float]:
@@ -297,11 +189,10 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
             logger.info("%s: cache hit: %s already has fingerprint %s (force=True recomputes)",
                         name, job.cached_ref, job.fingerprint[:12])
         else:
-            JOBS[job_id] = RunningJob(job, job.section.model_dump_json())
+            JOBS[job_id] = job
             context = JobContext(uri, profile, dict(overrides or {}), dict(job.inputs))
             computed, compute = _map_shards(job_id, name, job, context, logger)
             publish(job_id, name)
-        job.computed = computed
         result = job.result()
         metadata = opened.manifest(result.ref).get("metadata", {})
         lines = manifest_summary(metadata)
@@ -309,7 +200,8 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
             (logger.warning if line.startswith("fallback") else logger.info)("%s: %s", name, line)
         create_table_artifact([{
             "stage": name, "ref": result.ref, "rows": result.rows, "cache hit": result.cache_hit,
-            "shards computed": result.shards_computed, "shards total": result.shards_total,
+            "shards computed": computed, "shards total": result.shards_total,
+            "side outputs": ", ".join(result.side_outputs.values()),
             "quarantined": len(result.quarantined), "seconds": result.seconds,
             "seconds in run_shard": round(compute, 3), "fallback": metadata.get("fallback") or "",
             "store": opened.uri,
@@ -368,7 +260,7 @@ def make_stage_flow(name: str):
     stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
     stage_flow.__module__ = __name__
     return flow(name=flow_name(name), task_runner=shard_task_runner(),
-                persist_result=True, description=f"Stage {name}: -> {stage.output} (pipeline.stages.STAGES[{name!r}])",
+                persist_result=True, description=stage.summary,
                 )(stage_flow)
 
 

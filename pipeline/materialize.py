@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -19,34 +19,43 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dspo_core.segment import rle
+from pipeline.datasets import lineage_ref, rows_by_sample
 from storage import DatasetStore, StoreError, image_array
 from storage.images import IMAGE_TYPE, image_features
 
 IMAGE_COLUMNS = ("lq", "hr", "winner", "loser", "mask_image")
+SOURCES = ("lq_pairs", "sr_candidates")    # where the images are
+PAIR_COLUMNS = ("sample_id", "winner_id", "loser_id", "mask")   # what names them
 
 
-def _lineage(store: DatasetStore, ref: str) -> dict[str, str]:
-    manifest = store.manifest(ref)
-    inputs = {item.split("@")[0]: item for item in manifest["inputs"]}
-    missing = {"lq_pairs", "sr_candidates"} - set(inputs)
+def _sources(store: DatasetStore, ref: str) -> dict[str, str]:
+    """{"lq_pairs": ref, "sr_candidates": ref}: the versions `ref` was made from; StoreError
+    naming `ref` when it is not a preferences dataset (a source or a column is missing)."""
+    pinned = store.resolve(ref)
+    found = {name: lineage_ref(store, pinned, name) for name in SOURCES}
+    missing = [name for name, source in found.items() if source is None]
     if missing:
-        raise StoreError(f"{store.resolve(ref)} has no {' / '.join(sorted(missing))} in its lineage; "
+        raise StoreError(f"{pinned} has no {' / '.join(missing)} in its lineage; "
                          "--with-images needs a preferences dataset")
-    return inputs
+    present = {column["name"] for column in store.manifest(pinned)["schema"]}
+    columns = [column for column in PAIR_COLUMNS if column not in present]
+    if columns:
+        raise StoreError(f"{pinned} has no column {', '.join(columns)}; --with-images needs a preferences dataset")
+    return found
 
 
 def preferences_with_images(store: DatasetStore, ref: str, batch_size: int = 64) -> Iterator[pa.Table]:
     """Batches of the preferences rows plus image columns lq, hr, winner, loser and mask_image
     (the instance mask as a black/white PNG)."""
-    inputs = _lineage(store, ref)
+    sources = _sources(store, ref)
     for batch in store.iter_batches(ref, batch_size=batch_size):
         table = pa.Table.from_batches([batch])
-        samples = store.read_where_in(inputs["lq_pairs"], "sample_id", table.column("sample_id").unique(),
-                                      columns=["sample_id", "lq", "hr"])
-        by_sample = {row["sample_id"]: row for row in samples.to_pylist()}
+        lq_rows = rows_by_sample(store, sources["lq_pairs"], ["sample_id", "lq", "hr"],
+                                 table.column("sample_id").unique().to_pylist())
+        by_sample = {sample_id: rows[0] for sample_id, rows in lq_rows.items()}
         wanted = pc.unique(pa.concat_arrays([table.column("winner_id").combine_chunks(),
                                              table.column("loser_id").combine_chunks()]))
-        candidates = store.read_where_in(inputs["sr_candidates"], "candidate_id", wanted,
+        candidates = store.read_where_in(sources["sr_candidates"], "candidate_id", wanted,
                                          columns=["candidate_id", "image"])
         images = dict(zip(candidates.column("candidate_id").to_pylist(), candidates.column("image").to_pylist()))
         sample_ids = table.column("sample_id").to_pylist()

@@ -10,6 +10,12 @@ A stage's fingerprint hashes its name, code version, config section and pinned i
 If a version with that fingerprint exists it is returned (a cache hit) unless `force`.
 Each finished shard is staged in the store's scratch area under the fingerprint, so a
 rerun after a crash computes only the missing shards.
+
+A stage may publish several datasets (`StageSpec.outputs`, the main one first): a shard
+returns one table per output, and the publish commits the side outputs first, each with its
+own fingerprint and the run's lineage, then the main one, whose manifest names them
+(`metadata.outputs`). A `StageJob` is safe to share between threads: `run_shard` keeps no
+state on the stage, whose models come from the per-process cache (`Stage.model`).
 """
 from __future__ import annotations
 
@@ -17,21 +23,62 @@ import abc
 import hashlib
 import json
 import logging
+import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
+
+from pydantic import BaseModel
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 import pipeline
 from pipeline.config import PipelineConfig, Section
+from pipeline.stage_models import MODELS
 from storage import DatasetStore
 
 log = logging.getLogger("dspo.stage")
 QUARANTINE_KEY = b"dspo_quarantine"
 NOTES_KEY = b"dspo_notes"
 STATS_KEY = b"dspo_stats"
+Model = TypeVar("Model")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage's declaration (the registry in pipeline/stages/__init__.py holds them all).
+
+    Args:
+        name: the stage ("degrade"); its Prefect flow is `dspo-<name>`.
+        outputs: the datasets it publishes, the main one first (the one its cache and the
+            next stages look for); the others are published beside it, each with its own
+            fingerprint and lineage.
+        inputs: the datasets it needs, pinned to one version for the whole run.
+        target: "module:Class" of the Stage subclass.
+        optional_inputs: datasets used when the store has them (e.g. human labels), which no
+            stage of the DAG produces.
+    """
+
+    name: str
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]
+    target: str
+    optional_inputs: tuple[str, ...] = ()
+
+    @property
+    def output(self) -> str:
+        return self.outputs[0]
+
+    @property
+    def summary(self) -> str:
+        """One line for people: "Stage rank: instance_scores, instances (+ human_labels) -> pairs."."""
+        reads = ", ".join(self.inputs) or "source images"
+        if self.optional_inputs:
+            reads += f" (+ {', '.join(self.optional_inputs)})"
+        writes = self.output + (f" (+ {', '.join(self.outputs[1:])})" if self.outputs[1:] else "")
+        return f"Stage {self.name}: {reads} -> {writes}."
 
 
 @dataclass(frozen=True)
@@ -44,14 +91,27 @@ class Shard:
 
 @dataclass
 class ShardOutput:
-    """What `run_shard` returns: rows for the output dataset, items refused (each a dict with
-    at least `item` and `reason`), notes (e.g. fallbacks used) for the manifest, and stats
-    that the stage's `summarize` merges over all shards into the manifest metadata."""
+    """What `run_shard` returns: rows for the main output, rows for each side output (by
+    dataset name; every side output of the stage, possibly empty), items refused (each a dict
+    with at least `item` and `reason`), notes (e.g. fallbacks used) for the manifest, and
+    stats that the stage's `summarize` merges over all shards into the manifest metadata."""
 
     table: pa.Table
     quarantine: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    side_tables: dict[str, pa.Table] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What `StageJob.run_shard` did: the shard, its main-output rows, items quarantined, and
+    the seconds spent in the stage's `run_shard` (model compute and its input reads)."""
+
+    shard: str
+    rows: int
+    quarantined: int
+    seconds: float
 
 
 @dataclass
@@ -66,26 +126,38 @@ class StageResult:
     shards_computed: int = 0
     quarantined: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    side_outputs: dict[str, str] = field(default_factory=dict)
 
 
 class Stage(abc.ABC):
-    """One pipeline stage. Subclasses set the class attributes and implement `plan` and `run_shard`."""
+    """One pipeline stage, built from its `StageSpec`. Subclasses implement `section`, `schemas`,
+    `plan` and `run_shard`, keep no state between calls, and get their models from `model`.
 
-    name: ClassVar[str]
-    output: ClassVar[str]
-    inputs: ClassVar[tuple[str, ...]] = ()
-    #: Inputs used at their latest version when the store has them (e.g. human labels).
-    optional_inputs: ClassVar[tuple[str, ...]] = ()
+    Args:
+        spec: the stage's declaration: name, inputs, optional inputs, outputs.
+    """
+
     #: Bump when the stage's output changes for the same config and inputs (part of the fingerprint).
     version: ClassVar[int] = 1
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+        self.name, self.inputs, self.optional_inputs = spec.name, spec.inputs, spec.optional_inputs
+        self.outputs, self.output = spec.outputs, spec.output
+
+    def model(self, kind: str, config: BaseModel | str, build: Callable[[], Model]) -> AbstractContextManager[Model]:
+        """A model this shard alone uses until the block ends, from the per-process cache
+        (pipeline.stage_models), keyed by this stage, `kind` and `config`."""
+        key = config if isinstance(config, str) else config.model_dump_json()
+        return MODELS.borrow((self.name, kind, key), build)
 
     @abc.abstractmethod
     def section(self, config: PipelineConfig) -> Section:
         """This stage's part of the pipeline config."""
 
     @abc.abstractmethod
-    def schema(self, section: Section) -> pa.Schema:
-        """Arrow schema of the output dataset."""
+    def schemas(self, section: Section) -> dict[str, pa.Schema]:
+        """Arrow schema of each output dataset, by name, in `outputs` order."""
 
     @abc.abstractmethod
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: Section) -> list[Shard]:
@@ -107,8 +179,9 @@ class Stage(abc.ABC):
         """Manifest metadata merged from every shard's `ShardOutput.stats` (in shard order)."""
         return {}
 
-    def finalize(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        """Last pass over the shard tables in order before publishing (e.g. de-duplication)."""
+    def finalize(self, tables: Iterator[pa.Table], side_outputs: dict[str, str]) -> Iterator[pa.Table]:
+        """Last pass over the main output's shard tables in order before publishing (e.g.
+        de-duplication); `side_outputs` are the refs of the side outputs just published."""
         return tables
 
 
@@ -121,6 +194,11 @@ def ids_in_splits(store: DatasetStore, ref: str, id_column: str, splits: list[st
     """The `id_column` values of `ref`'s rows whose `split` is one of `splits`, in stored order."""
     table = store.read_arrow(ref, columns=[id_column], filter=pc.field("split").isin(splits))
     return table.column(id_column).to_pylist()
+
+
+def side_key(shard_key: str, dataset: str) -> str:
+    """Scratch name of a shard's side-output table ("shard-00000.train_metrics")."""
+    return f"{shard_key}.{dataset}"
 
 
 def fingerprint_of(stage: Stage, section: Section, inputs: dict[str, str]) -> str:
@@ -155,6 +233,7 @@ class StageJob:
         self.scratch = store.scratch(f"{stage.name}-{self.fingerprint[:32]}")
         self.shards: list[Shard] = []
         self.computed = 0
+        self._lock = threading.Lock()
         self.ref: str | None = self.cached_ref
         if self.cached_ref:
             log.info("%s: cache hit, %s has fingerprint %s", stage.name, self.cached_ref, self.fingerprint[:12])
@@ -175,21 +254,37 @@ class StageJob:
                      self.stage.name, len(self.shards) - len(pending), len(self.shards), len(pending))
         return pending
 
-    def run_shard(self, shard: Shard) -> None:
+    def run_shard(self, shard: Shard) -> ShardReport:
+        """Compute one shard and stage its tables in scratch (side outputs first: the main
+        table's presence is what marks the shard done). Safe to call from several threads."""
+        started = time.perf_counter()
         output = self.stage.run_shard(self.store, self.inputs, self.section, shard)
+        seconds = time.perf_counter() - started
+        sides = set(self.stage.outputs[1:])
+        if set(output.side_tables) != sides:
+            raise RuntimeError(f"{self.stage.name}: shard {shard.key} returned side outputs "
+                               f"{sorted(output.side_tables)}, the stage declares {sorted(sides)}")
         for record in output.quarantine:
             log.warning("%s: quarantined %s: %s", self.stage.name, record["item"], record["reason"])
+        for dataset, side in output.side_tables.items():
+            self.scratch.put(side_key(shard.key, dataset), side)
         extra = {QUARANTINE_KEY: json.dumps(output.quarantine).encode(), NOTES_KEY: json.dumps(output.notes).encode(),
                  STATS_KEY: json.dumps(output.stats).encode()}
         table = output.table.replace_schema_metadata({**(output.table.schema.metadata or {}), **extra})
         self.scratch.put(shard.key, table)
-        self.computed += 1
+        with self._lock:
+            self.computed += 1
+        return ShardReport(shard.key, output.table.num_rows, len(output.quarantine), seconds)
+
+    def _staged(self, name: str) -> pa.Table:
+        table = self.scratch.get(name)
+        if table is None:
+            raise RuntimeError(f"{self.stage.name}: {name} is missing from scratch; rerun the stage")
+        return table
 
     def _staged_tables(self, collected: dict) -> Iterator[pa.Table]:
         for shard in self.shards:
-            table = self.scratch.get(shard.key)
-            if table is None:
-                raise RuntimeError(f"{self.stage.name}: shard {shard.key} is missing from scratch; rerun the stage")
+            table = self._staged(shard.key)
             metadata = table.schema.metadata or {}
             collected["quarantine"].extend(json.loads(metadata.get(QUARANTINE_KEY, b"[]")))
             collected["stats"].append(json.loads(metadata.get(STATS_KEY, b"{}")))
@@ -198,14 +293,36 @@ class StageJob:
                     collected["notes"].append(note)
             yield table
 
+    def _publish_side(self, dataset: str, schema: pa.Schema) -> str:
+        """Publish side output `dataset` from every shard's staged table (or find the version an
+        interrupted earlier publish of this fingerprint already committed)."""
+        fingerprint = hashlib.sha256(f"{self.fingerprint}:{dataset}".encode()).hexdigest()
+        found = None if self.force else self.store.find(fingerprint, name=dataset)
+        if found:
+            return found
+        batches = (batch for shard in self.shards
+                   for batch in self._staged(side_key(shard.key, dataset)).select(schema.names).cast(schema).to_batches())
+        return self.store.publish(
+            dataset, batches, inputs=list(self.inputs.values()), fingerprint=fingerprint,
+            metadata={"stage": self.stage.name, "side_output_of": self.stage.output,
+                      "config": self.section.model_dump(mode="json")},
+            run_id=self.run_id, schema=schema)
+
     def publish(self) -> str:
-        """Publish the staged shards as the next version of the output dataset; clears scratch."""
-        schema = self.stage.schema(self.section)
+        """Publish the staged shards: each side output, then the main output as the next version
+        of its dataset (naming the side outputs in its metadata); clears scratch."""
+        schemas = self.stage.schemas(self.section)
+        if list(schemas) != list(self.stage.outputs):
+            raise RuntimeError(f"{self.stage.name}: schemas for {list(schemas)}, outputs are {list(self.stage.outputs)}")
+        side_outputs = {dataset: self._publish_side(dataset, schemas[dataset]) for dataset in self.stage.outputs[1:]}
+        schema = schemas[self.stage.output]
         collected: dict[str, list] = {"quarantine": [], "notes": [], "stats": []}
-        batches = (batch for table in self.stage.finalize(self._staged_tables(collected))
+        batches = (batch for table in self.stage.finalize(self._staged_tables(collected), side_outputs)
                    for batch in table.select(schema.names).cast(schema).to_batches())
         metadata = {"stage": self.stage.name, "config": self.section.model_dump(mode="json"),
                     "shards": len(self.shards), **self.stage.metadata(self.section)}
+        if side_outputs:
+            metadata["side_outputs"] = side_outputs
         self.ref = self.store.publish(
             self.stage.output, batches, inputs=list(self.inputs.values()), fingerprint=self.fingerprint,
             metadata=lambda: {**metadata, **self.stage.summarize(collected["stats"]),
@@ -213,8 +330,9 @@ class StageJob:
             run_id=self.run_id, schema=schema,
         )
         self.scratch.clear()
-        log.info("%s: published %s (%d shards computed, %d reused, %d quarantined)", self.stage.name, self.ref,
-                 self.computed, len(self.shards) - self.computed, len(collected["quarantine"]))
+        log.info("%s: published %s%s (%d shards computed, %d reused, %d quarantined)", self.stage.name, self.ref,
+                 "".join(f", {ref}" for ref in side_outputs.values()), self.computed,
+                 len(self.shards) - self.computed, len(collected["quarantine"]))
         return self.ref
 
     def result(self) -> StageResult:
@@ -224,6 +342,7 @@ class StageJob:
             shards_total=len(self.shards), shards_computed=self.computed,
             quarantined=manifest["metadata"].get("quarantine", []),
             seconds=round(time.perf_counter() - self.started, 3),
+            side_outputs=dict(manifest["metadata"].get("side_outputs", {})),
         )
 
 

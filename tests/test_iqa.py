@@ -279,6 +279,15 @@ def test_missing_weights_raise_a_clear_error_without_network(tmp_path, monkeypat
     assert socket.getaddrinfo is not None and not calls  # guard restored the caller's function
 
 
+def test_a_clip_file_with_the_wrong_sha256_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "clip").mkdir(parents=True)
+    (tmp_path / "hub" / "clip" / "RN50.pt").write_bytes(b"not the CLIP checkpoint")
+    with pytest.raises(MissingWeightsError, match="wrong sha256") as info:
+        load_metric("clipiqa")
+    assert info.value.path == str(tmp_path / "hub" / "clip" / "RN50.pt")
+
+
 def test_offline_guard_blocks_the_network():
     import urllib.request
 

@@ -19,9 +19,10 @@ from pipeline.config import load_config
 from pipeline.labels import import_labels
 from pipeline.labels.app import Annotators, LabelAppConfig, create_app
 from pipeline.labels.app.stats import fleiss_kappa
+from pipeline.labels.app.tasks import TaskList
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES
-from storage import DatasetNotFoundError, DatasetStore
+from storage import DatasetNotFoundError, DatasetStore, StoreError
 
 STAGE_NAMES = ("ingest", "degrade", "sample", "segment", "score")
 
@@ -163,8 +164,15 @@ def test_validation(client, store, tokens):
     assert missing.status_code == 422 and "worst" in missing.text
     assert post({**label_body(task), "extra": 1}).status_code == 422
     assert post(label_body(task)).status_code == 201
+    # The same label again (a form sent twice) is accepted once; another one is refused, naming both.
+    repeat = post(label_body(task))
+    assert repeat.status_code == 200 and repeat.json()["duplicate"] is True
+    assert len(client.app.state.labelling.book.pending) == 1
     again = post(label_body(task, 2, 3))
-    assert again.status_code == 409 and "already labelled" in again.json()["detail"]
+    ids = [candidate["id"] for candidate in task["candidates"]]
+    assert again.status_code == 409 and again.json()["detail"] == (
+        f"alice already labelled instance {task['instance_id']} otherwise: best {ids[0]!r} there, {ids[2]!r} here; "
+        f"worst {ids[1]!r} there, {ids[3]!r} here")
     client.app.state.labelling.book.flush()
     assert len(human_labels(store)) == 1
 
@@ -277,6 +285,14 @@ def test_images_by_validated_ids_only(client, tokens):
                  "/static/nosuch.js"):
         assert client.get(path, headers=bearer(alice)).status_code == 404, path
     assert client.get("/static/task.js").status_code == 200
+
+
+def test_lq_pairs_come_from_the_candidates_lineage(store, tmp_path):
+    assert TaskList(store, make_config(tmp_path)).lq_ref == "lq_pairs@v1"
+    bare = store.publish("sr_candidates", store.read_arrow("sr_candidates@v1"))  # no inputs: no lineage
+    with pytest.raises(StoreError, match=f"{bare} has no lq_pairs in its lineage: .* \\(--lq-pairs REF\\)"):
+        TaskList(store, make_config(tmp_path, candidates=bare))
+    assert TaskList(store, make_config(tmp_path, candidates=bare, lq_pairs="lq_pairs@v1")).lq_ref == "lq_pairs@v1"
 
 
 def test_hidden_hr_is_not_served(store, tokens, tmp_path):

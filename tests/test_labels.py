@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from dspo_core.pairs import HumanLabel, InstanceRewards, make_pairs
 from dspo_core.segment import rle
-from pipeline.schemas import HUMAN_LABELS
 from pipeline.cli.labels import app
 from pipeline.config import load_config
 from pipeline.labels import decode_rle, import_labels, import_rows, label_id
 from pipeline.labels.export import OUTLINE
+from pipeline.schemas import HUMAN_LABELS
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES
 from storage import DatasetStore
@@ -135,29 +137,32 @@ def test_bad_rows_are_reported_and_good_rows_kept(world, store, tmp_path):
         ({**first, "best": "nosuchcandidate"}, "nosuchcandidate", "unknown best candidate"),
         ({**first, "worst": c1[1]}, c1[1], f"worst candidate belongs to sample {s1}"),
         ({**first, "worst": first["best"]}, first["best"], "same candidate"),
-        ({**first, "best": c0[2]}, i0, "contradicts the label by alice in line 2"),
-        (dict(first), i0, "duplicate of the label by alice in line 2"),
+        ({**first, "best": c0[2]}, i0, (f"conflicts with the label by alice in line 2: best {c0[0]!r} there, "
+                                        f"{c0[2]!r} here")),
         ({**first, "instance_id": "nosuchinstance"}, "nosuchinstance", "unknown instance"),
         ({**first, "instance_id": i1}, i1, f"instance of sample {s1}"),
         ({**first, "hallucination": "maybe"}, i0, "hallucination must be true/false"),
         ({**first, "annotator": "", "instance_id": world.instances[s0][1]["instance_id"]},
          world.instances[s0][1]["instance_id"], "no annotator"),
     ]
-    rows = good[:1] + [row for row, _, _ in bad] + good[1:]
+    # An exact repeat (blank description written as spaces) is a duplicate: kept once, not rejected.
+    rows = good[:1] + [{**first, "description": "  "}] + [row for row, _, _ in bad] + good[1:]
     result = invoke(store, "import", str(write_csv(tmp_path / "mixed.csv", rows)))
     assert result.exit_code == 0, result.output
     lines = rejected_lines(result)
     assert len(lines) == len(bad)
-    for number, (line, (_, item, reason)) in enumerate(zip(lines, bad), start=3):
+    for number, (line, (_, item, reason)) in enumerate(zip(lines, bad), start=4):
         assert line.startswith(f"rejected line {number}: {item}: "), line
         assert reason in line, (line, reason)
     table = store.read_arrow("human_labels@latest").to_pylist()
     assert len(table) == len(good)
     assert {(r["annotator"], r["instance_id"]) for r in table} == {(r["annotator"], r["instance_id"]) for r in good}
     metadata = store.manifest("human_labels@v1")["metadata"]
-    assert metadata["counts"] == {"read": len(rows), "accepted": len(good), "rejected": len(bad), "skipped": 0,
-                                  "hallucination_without_description": 0, "total": len(good)}
+    assert metadata["counts"] == {"read": len(rows), "accepted": len(good), "rejected": len(bad), "duplicates": 1,
+                                  "skipped": 0, "hallucination_without_description": 0, "total": len(good)}
     assert [item["id"] for item in metadata["rejected"]] == [item for _, item, _ in bad]
+    assert metadata["duplicates"] == [{"where": "line 3", "id": i0,
+                                       "reason": "duplicate of the label by alice in line 2"}]
 
 
 def test_second_import_adds_to_the_first(world, store, tmp_path):
@@ -169,11 +174,74 @@ def test_second_import_adds_to_the_first(world, store, tmp_path):
     result = invoke(store, "import", str(write_csv(tmp_path / "b.csv", second)))
     assert result.exit_code == 0, result.output
     [line] = rejected_lines(result)
-    assert f"line 6: {first[0]['instance_id']}: contradicts the label by alice in human_labels@v1" in line
+    standing = label_id("alice", s0, first[0]["instance_id"])
+    assert line == (f"rejected line 6: {first[0]['instance_id']}: conflicts with the label by alice in human_labels@v1 "
+                    f"(label {standing}): best {first[0]['best']!r} there, {contradiction['best']!r} here")
     v1, v2 = store.read_arrow("human_labels@v1").to_pylist(), store.read_arrow("human_labels@v2").to_pylist()
     assert v2[:5] == v1 and len(v2) == 9
     assert {r["instance_id"] for r in v2[5:]} == {r["instance_id"] for r in second[:4]}
     assert store.manifest("human_labels@v2")["inputs"] == ["sr_candidates@v1", "instances@v1", "human_labels@v1"]
+
+
+def test_importing_the_same_labels_again_changes_nothing(world, store, tmp_path):
+    rows = good_rows(world, 4)
+    rows[0].update(hallucination="yes", description="invented fur")
+    region = next(i for s in world.samples for i in world.instances[s] if i["instance_id"] == rows[2]["instance_id"])
+    rows[2]["mask"] = json.dumps(region["mask"])
+    assert import_rows(store, rows).ref == "human_labels@v1"
+    again = import_rows(store, [{**rows[0], "description": " invented fur "}, *rows[1:]])
+    assert (again.ref, again.accepted, again.rejected, again.total) == (None, 0, [], 4)
+    assert [(item.where, item.id) for item in again.duplicates] == [
+        (f"row {number}", row["instance_id"]) for number, row in enumerate(rows, start=1)]
+    standing = label_id("alice", rows[0]["sample_id"], rows[0]["instance_id"])
+    assert again.duplicates[0].reason == f"duplicate of the label by alice in human_labels@v1 (label {standing})"
+    assert store.versions("human_labels") == [1]
+    # Another hallucination flag or description from the same annotator conflicts.
+    changed = import_rows(store, [{**rows[0], "description": "invented feathers"}, {**rows[1], "hallucination": "yes"},
+                                  {**rows[2], "mask": ""}])
+    assert changed.ref is None and changed.duplicates == []
+    assert [item.reason.split(": ", 1)[1] for item in changed.rejected] == [
+        "description 'invented fur' there, 'invented feathers' here", "hallucination False there, True here",
+        "a mask there only"]
+
+
+def test_importer_and_make_pairs_apply_the_same_label_rules(world, store):
+    """The same labels through both paths (dspo_core.label_rules): the same ones stand, the
+    same ones are duplicates, the same ones are rejected, with the same reasons."""
+    sample = world.samples[0]
+    instance = world.instances[sample][0]["instance_id"]
+    ids = world.candidates[sample]
+
+    def row(annotator: str, best: int, worst: int, **extra) -> dict:
+        return {"sample_id": sample, "instance_id": instance, "best": ids[best], "worst": ids[worst],
+                "hallucination": False, "description": "", "annotator": annotator, **extra}
+
+    rows = [row("alice", 0, 3), row("alice", 0, 3, description="  "), row("alice", 1, 3),
+            row("alice", 0, 3, hallucination=True, description="fur"),
+            row("bob", 0, 3, hallucination=True, description="fur"),
+            row("bob", 0, 3, hallucination=True, description=" fur "),
+            row("bob", 0, 3, hallucination=True, description="feathers"), row("carol", 2, 2)]
+    imported = import_rows(store, rows)
+
+    def position(where: str) -> str:   # the importer's "row 3" is make_pairs' labels[2]
+        return re.sub(r"\brow (\d+)", lambda match: f"labels[{int(match[1]) - 1}]", where)
+
+    labels = [HumanLabel(**item) for item in rows]
+    rewards = InstanceRewards(sample_id=sample, instance_id=instance, weight=1.0,
+                              rewards={candidate: float(rank) for rank, candidate in enumerate(ids)})
+    (pair,), paired = make_pairs([rewards], labels)
+    assert ([position(f"{item.where}: {item.reason}") for item in imported.duplicates]
+            == [f"labels[{item.position}]: {item.reason}" for item in paired.duplicate_labels]
+            == ["labels[1]: duplicate of the label by alice in labels[0]",
+                "labels[5]: duplicate of the label by bob in labels[4]"])
+    assert ([position(f"{item.where}: {item.reason}") for item in imported.rejected]
+            == [f"labels[{item.position}]: {item.reason}" for item in paired.label_errors])
+    assert [item.code for item in paired.label_errors] == ["conflicting"] * 3 + ["best_equals_worst"]
+    standing = [(r["annotator"], r["best"], r["worst"], r["hallucination"], r["description"])
+                for r in imported.labels.to_pylist()]
+    assert standing == [("alice", ids[0], ids[3], False, ""), ("bob", ids[0], ids[3], True, "fur")]
+    assert (pair.annotators, pair.winner_id, pair.loser_id, pair.human_description) == (
+        ["alice", "bob"], ids[0], ids[3], "fur")
 
 
 def test_parquet_import(world, store, tmp_path):
@@ -374,6 +442,13 @@ def test_export_round_trip(world, store, tmp_path):
     assert rows[0]["hallucination"] and sum(r["hallucination"] for r in rows) == 1
 
 
+def test_export_needs_lq_pairs_in_the_candidates_lineage(store, tmp_path):
+    bare = store.publish("sr_candidates", store.read_arrow("sr_candidates@v1"))  # no inputs: no lineage
+    result = invoke(store, "export", "--to", str(tmp_path / "tasks"), "--candidates", bare)
+    assert result.exit_code == 2 and f"{bare} has no lq_pairs in its lineage" in result.stderr
+    assert not (tmp_path / "tasks").exists()
+
+
 def test_folder_export_template_imports(world, store, tmp_path):
     folder = tmp_path / "folder"
     assert invoke(store, "export", "--to", str(folder), "--format", "folder", "--limit", "3").exit_code == 0
@@ -398,7 +473,8 @@ def test_concurrent_import_is_merged(world, store):
     target = good_rows(world, 1, annotator="bob", start=2)[0]
     sample = target["sample_id"]
     theirs = [target, *good_rows(world, 1, annotator="bob", start=3)]
-    ours = [{**target, "best": world.candidates[sample][1]}, *good_rows(world, 1, annotator="carl", start=4)]
+    ours = [{**target, "best": world.candidates[sample][1]}, *good_rows(world, 1, annotator="carl", start=4),
+            theirs[1]]
     real_publish, raced = store.publish, []
 
     def racing_publish(name, data, **kwargs):
@@ -412,7 +488,11 @@ def test_concurrent_import_is_merged(world, store):
     store.publish = racing_publish
     report = import_rows(store, ours)
     assert report.ref == "human_labels@v4" and report.merged == ["human_labels@v2"]
-    assert report.accepted == 1 and "contradicts" in report.rejected[0].reason
+    assert report.accepted == 1 and [item.where for item in report.rejected] == ["(merge)"]
+    assert report.rejected[0].reason.startswith("conflicts with the label by bob in a concurrently published version")
+    bobs = label_id("bob", theirs[1]["sample_id"], theirs[1]["instance_id"])
+    assert [item.reason for item in report.duplicates] == [
+        f"duplicate of the label by bob in a concurrently published version (label {bobs})"]
     latest = store.read_arrow("human_labels@latest").to_pylist()
     keys = {(r["annotator"], r["instance_id"]): r["best"] for r in latest}
     assert len(latest) == 5 and keys[("bob", target["instance_id"])] == target["best"]

@@ -169,18 +169,47 @@ def test_label_errors_reported_and_rest_kept():
               label(0, 1, "x", sample="nope", instance=0),      # unknown sample
               label(9, 1, "y", instance=0),                     # unknown best
               label(1, 1, "z", instance=0),                     # best == worst
-              label(0, 1, "w", instance=1), label(0, 2, "w", instance=1),   # contradictory
-              label(0, 1, "v", instance=1), label(0, 1, "v", instance=1)]   # identical duplicate: fine
+              label(0, 1, "w", instance=1), label(0, 2, "w", instance=1),   # conflicting: the first stands
+              label(0, 1, "v", instance=1), label(0, 1, "v", instance=1)]   # identical duplicate: counted once
     pairs, report = make_pairs(instances, labels)
-    errs = [(e.code, e.sample_id, e.instance_id, e.annotator, e.offending_id) for e in report.label_errors]
-    assert errs == [("unknown_instance", "s0", 7, "x", 7), ("unknown_instance", "nope", 0, "x", 0),
-                    ("unknown_candidate", "s0", 0, "y", 9), ("best_equals_worst", "s0", 0, "z", 1),
-                    ("contradictory", "s0", 1, "w", "w")]
-    assert "(0, 1), (0, 2)" in report.label_errors[-1].reason and "'w'" in report.label_errors[-1].reason
+    errs = [(e.position, e.code, e.sample_id, e.instance_id, e.annotator, e.offending_id) for e in report.label_errors]
+    assert errs == [(1, "unknown_instance", "s0", 7, "x", 7), (2, "unknown_instance", "nope", 0, "x", 0),
+                    (3, "unknown_candidate", "s0", 0, "y", 9), (4, "best_equals_worst", "s0", 0, "z", 1),
+                    (6, "conflicting", "s0", 1, "w", "w")]
+    assert report.label_errors[-1].reason == "conflicts with the label by w in labels[5]: worst 1 there, 2 here"
+    assert [(d.position, d.annotator, d.reason) for d in report.duplicate_labels] == [
+        (8, "v", "duplicate of the label by v in labels[7]")]
     by = {p.instance_id: p for p in pairs}
     assert (by[0].winner_id, by[0].loser_id, by[0].source, by[0].annotators) == (2, 0, "human", ["good"])
-    assert (by[1].winner_id, by[1].loser_id, by[1].annotators) == (0, 1, ["v"])
+    assert (by[1].winner_id, by[1].loser_id, by[1].annotators) == (0, 1, ["v", "w"])
     json.dumps(report.model_dump(mode="json"))  # manifest-ready
+
+
+def test_one_judgement_per_annotator_and_instance():
+    """dspo_core.label_rules, as the importer applies them (tests/test_labels.py runs the same
+    labels through both): the first label stands, an exact repeat is a duplicate, anything else
+    from the same annotator on the same instance conflicts."""
+    labels = [label(0, 3, "a"),
+              label(0, 3, "a", description="  "),                          # blank = none: duplicate
+              label(1, 3, "a"),                                            # another best: conflict
+              label(0, 3, "a", hallucination=True, description="fur"),     # a flag: conflict
+              label(0, 3, "b", hallucination=True, description="fur"),
+              label(0, 3, "b", hallucination=True, description=" fur "),   # surrounding blanks: duplicate
+              label(0, 3, "b", hallucination=True, description="feathers"),
+              label(2, 2, "c")]
+    pairs, report = make_pairs([inst({0: 0.2, 1: 0.9, 2: 0.5, 3: 0.1})], labels)
+    assert [(d.position, d.reason) for d in report.duplicate_labels] == [
+        (1, "duplicate of the label by a in labels[0]"), (5, "duplicate of the label by b in labels[4]")]
+    assert [(e.position, e.code, e.reason) for e in report.label_errors] == [
+        (2, "conflicting", "conflicts with the label by a in labels[0]: best 0 there, 1 here"),
+        (3, "conflicting", ("conflicts with the label by a in labels[0]: hallucination False there, True here; "
+                            "description none there, 'fur' here")),
+        (6, "conflicting", "conflicts with the label by b in labels[4]: description 'fur' there, 'feathers' here"),
+        (7, "best_equals_worst", "best and worst are the same candidate 2")]
+    (p,) = pairs  # the standing votes: a (0, 3) without a flag, b (0, 3) with one
+    assert (p.winner_id, p.loser_id, p.source, p.annotators) == (0, 3, "human", ["a", "b"])
+    assert (p.human_hallucination, p.human_description) == (True, "fur")
+    assert report.labelled_instances == 1 and report.contested == 0
 
 
 def test_pair_ids_stable_and_distinct():

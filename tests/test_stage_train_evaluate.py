@@ -15,7 +15,7 @@ from pipeline.schemas import TRAIN_METRIC_KEYS, TRAIN_METRICS
 from pipeline.config import load_config
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES
-from pipeline.stages.train import load_checkpoint_into
+from pipeline.checkpoints import load_checkpoint_into
 from storage import DatasetStore
 
 torch.set_num_threads(1)
@@ -54,7 +54,9 @@ def test_checkpoint_lora_loads_from_the_store_and_changes_outputs(trained):
 def test_train_metrics_and_lineage(trained):
     store, config, results = trained
     manifest = store.manifest(results["train"].ref)
-    metrics_ref = manifest["metadata"]["train_metrics"]
+    metrics_ref = manifest["metadata"]["side_outputs"]["train_metrics"]
+    assert results["train"].side_outputs == {"train_metrics": metrics_ref}
+    assert store.manifest(metrics_ref)["inputs"] == manifest["inputs"]
     row = store.read_pandas(results["train"].ref).iloc[0]
     assert row["train_metrics"] == metrics_ref
     assert sorted(manifest["inputs"]) == sorted(store.resolve(f"{name}@latest")
@@ -111,7 +113,7 @@ def test_evaluate_base_vs_tuned_report(trained):
         assert mean["base"] == pytest.approx(results_df.query("model == 'base' and metric == @metric")["value"].mean())
         assert mean["delta"] == pytest.approx(mean["tuned"] - mean["base"])
     assert "| metric | base | tuned | delta |" in manifest["markdown"] and "psnr" in manifest["markdown"]
-    report = store.read_pandas(manifest["eval_report"]).iloc[0]
+    report = store.read_pandas(manifest["side_outputs"]["eval_report"]).iloc[0]
     assert report["markdown"] == manifest["markdown"]
     grid = Image.open(io.BytesIO(report["grid"]["bytes"]))
     grid.load()

@@ -27,12 +27,12 @@ is honoured (pyiqa itself freezes ``$TORCH_HOME/hub/pyiqa`` at import).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import threading
 from collections.abc import Iterator
 
+from ..digest import sha256_file
 from .config import WEIGHT_FREE_METRICS
 
 _LOCK = threading.RLock()
@@ -93,9 +93,8 @@ def _checked_clip_download(metric: str, original):
         target = os.path.join(root, os.path.basename(url))
         expected = url.split("/")[-2]
         if os.path.isfile(target):
-            with open(target, "rb") as handle:
-                if hashlib.sha256(handle.read()).hexdigest() == expected:
-                    return original(url, root)
+            if sha256_file(target) == expected:
+                return original(url, root)
             raise MissingWeightsError(metric, target, url, detail="(the file there has the wrong sha256)")
         raise MissingWeightsError(metric, target, url)
 

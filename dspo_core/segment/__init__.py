@@ -18,7 +18,6 @@ from dspo_core.lazy import lazy_exports
 _EXPORTS = {
     "RECORD_VERSION": ".base",
     "Segmenter": ".base",
-    "SAM_CHECKPOINT_FILES": ".config",
     "FelzenszwalbConfig": ".config",
     "PostFilterConfig": ".config",
     "SamConfig": ".config",

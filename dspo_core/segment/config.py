@@ -16,15 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SamModelType = Literal["vit_b", "vit_l", "vit_h", "custom-tiny"]
 
-#: The checkpoint file each SAM model type expects (the official release names;
-#: ``custom-tiny`` is written by ``save_tiny_sam_checkpoint``).
-SAM_CHECKPOINT_FILES: dict[str, str] = {
-    "vit_b": "sam_vit_b_01ec64.pth",
-    "vit_l": "sam_vit_l_0b3195.pth",
-    "vit_h": "sam_vit_h_4b8939.pth",
-    "custom-tiny": "sam_custom_tiny.pth",
-}
-
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

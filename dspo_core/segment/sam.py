@@ -18,7 +18,6 @@ A tiny checkpoint for tests and notebooks::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from functools import cached_property, partial
@@ -27,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..digest import sha256_file
 from .base import Segmenter
-from .config import SAM_CHECKPOINT_FILES, SegmenterConfig
+from .config import SegmenterConfig
 from .instances import Proposal
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ __all__ = [
     "MissingCheckpointError",
     "SamSegmenter",
     "build_sam_tiny",
-    "checkpoint_sha256",
     "load_sam",
     "resolve_device",
     "save_tiny_sam_checkpoint",
@@ -63,27 +62,27 @@ TINY_SAM_ARCH: dict[str, Any] = {
 }
 
 
+#: Where the official checkpoints are listed. This package loads the checkpoint path it is given;
+#: which file goes with which model type, and where it is kept, is the caller's catalog.
+SAM_DOWNLOADS = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+
+
 class MissingCheckpointError(FileNotFoundError):
     """No SAM checkpoint is configured, or the configured file does not exist."""
 
 
 def _missing_message(model_type: str, checkpoint: str | None) -> str:
-    expected = SAM_CHECKPOINT_FILES[model_type]
     where = (
-        f"download it from https://dl.fbaipublicfiles.com/segment_anything/{expected}"
+        f"download the official {model_type} checkpoint ({SAM_DOWNLOADS})"
         if model_type != "custom-tiny"
-        else "write it with dspo_core.segment.save_tiny_sam_checkpoint(path)"
+        else "write one with dspo_core.segment.save_tiny_sam_checkpoint(path)"
     )
     head = (
         f"SAM model_type {model_type!r} needs a checkpoint, but sam.checkpoint is not set"
         if checkpoint is None
         else f"SAM checkpoint {checkpoint} (model_type {model_type!r}) does not exist"
     )
-    return (
-        f"{head}. Expected the file {expected}: {where}, put it in the models folder "
-        f"($DSPO_MODELS, default ~/.cache/dspo/models) and set sam.checkpoint to its path; "
-        f"or use the offline segmenter name='felzenszwalb'."
-    )
+    return f"{head}: {where} and set sam.checkpoint to its path, or use the offline segmenter name='felzenszwalb'."
 
 
 def build_sam_tiny() -> Sam:
@@ -197,15 +196,6 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike[str] | None, device:
     return sam.to(resolve_device(device)).eval()
 
 
-def checkpoint_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class SamSegmenter(Segmenter):
     """Instances from ``SamAutomaticMaskGenerator`` (binary masks, then the shared post-filter).
 
@@ -244,7 +234,7 @@ class SamSegmenter(Segmenter):
     def checkpoint_sha256(self) -> str:
         """Full hex sha256 of the checkpoint file (computed once, on first use)."""
         assert self.checkpoint is not None
-        return checkpoint_sha256(self.checkpoint)
+        return sha256_file(self.checkpoint)
 
     def propose(self, image: np.ndarray) -> list[Proposal]:
         anns = self.generator.generate(image)

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..digest import sha256_file
 from .base import CandidateSettings, UnsupportedSettingsError
 from .bicubic import bicubic_upscale
 from .diffusion import (
@@ -37,7 +38,7 @@ from .diffusion import (
     pad_to_multiple,
     tensor_to_images,
 )
-from .weights import folder_digest, resolve_pretrained, sha256_file, weights_id
+from .weights import folder_digest, resolve_pretrained, weights_id
 
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
 

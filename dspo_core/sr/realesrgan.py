@@ -21,8 +21,9 @@ import ncnn
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..digest import files_digest
 from .base import CandidateSettings, SRBackbone
-from .weights import listing_digest, weights_id
+from .weights import weights_id
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -97,7 +98,7 @@ class RealESRGANBackbone(SRBackbone):
         if self._digest is None:
             with contextlib.ExitStack() as stack:
                 paths = {name: stack.enter_context(importlib.resources.as_file(item)) for name, item in files.items()}
-                self._digest = listing_digest({name: str(path) for name, path in paths.items()})
+                self._digest = files_digest({name: str(path) for name, path in paths.items()})
         return weights_id(f"{PACKAGE}/models/{VARIANTS[self.config.variant]}", self._digest)
 
     def setting_defaults(self) -> dict[str, Any]:

@@ -7,57 +7,28 @@ Two jobs, both offline:
   there it raises ``MissingWeightsError`` saying where the weights were looked for and
   how to fetch them. Downloading (including from ``s3://``) is the pipeline layer's job.
 - ``weights_id`` names weights as ``<label>@sha256:<12 hex>``, the string recorded with
-  every generated candidate, so two datasets made with different weights never share an id.
+  every generated candidate, so two datasets made with different weights never share an id;
+  ``folder_digest`` is the digest of a weights folder (``dspo_core.digest``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
+from ..digest import files_digest
+
 SHORT_DIGEST = 12
-_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights are not on local disk; the message says where they were expected."""
 
 
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _content_digest(path: str) -> str:
-    # A Hugging Face cache snapshot links each large file to blobs/<sha256 of its bytes>:
-    # reuse that name instead of re-reading gigabytes. Anything else is hashed.
-    target = os.path.realpath(path)
-    name = os.path.basename(target)
-    if os.path.islink(path) and os.path.basename(os.path.dirname(target)) == "blobs" and _SHA256_NAME.match(name):
-        return name
-    return sha256_file(target)
-
-
-def listing_digest(files: dict[str, str]) -> str:
-    """sha256 of a ``sha256sum``-style listing (``<digest>  <name>`` lines, in the given order).
-
-    `files` maps a display name to a path. The same formula as the model catalog of the
-    pipeline layer, so a weights id can be checked against ``dspo models verify``.
-    """
-    lines = "".join(f"{_content_digest(path)}  {name}\n" for name, path in files.items())
-    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
-
-
 def folder_digest(folder: str) -> str:
-    """``listing_digest`` of every file under `folder`, by sorted relative path.
+    """``files_digest`` of every file under `folder`, by sorted relative path.
 
     Hidden entries (``.cache/`` left by ``hf download --local-dir``, ``.git``) are skipped.
     """
@@ -70,7 +41,7 @@ def folder_digest(folder: str) -> str:
                 files[os.path.relpath(path, folder).replace(os.sep, "/")] = path
     if not files:
         raise MissingWeightsError(f"{folder} contains no files")
-    return listing_digest(dict(sorted(files.items())))
+    return files_digest(dict(sorted(files.items())))
 
 
 def weights_id(label: str, digest: str) -> str:

@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from pipeline.config import ConfigError
+from pipeline.paths import store_uri
 from storage import DatasetStore, StoreError
 
 # Exit status of a command stopped by a storage or usage problem (click uses 2 for usage errors too).
@@ -44,26 +44,6 @@ def console(*, stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     wide = not stream.isatty() and "COLUMNS" not in os.environ
     return Console(stderr=stderr, width=PIPE_WIDTH if wide else None)
-
-
-def project_dir(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) with a pyproject.toml, else `start`.
-
-    Like git's repository discovery, so `dspo` finds the same store from any sub-folder.
-    """
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    return here
-
-
-def store_uri(option: str | None) -> str:
-    """The store a command uses: the --store option (typer already fell back to $DSPO_STORE),
-    else the project's local store."""
-    if option:
-        return option
-    return (project_dir() / ".dspo" / "store").as_uri()
 
 
 @contextlib.contextmanager

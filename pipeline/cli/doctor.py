@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import typer
 from rich.markup import escape
 
-from pipeline import models
+from pipeline import weights
 from pipeline.cli.common import StoreOption, console, error_message, format_bytes, opened_store, user_errors
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -80,7 +80,7 @@ def check_cuda() -> Check:
 
 def check_weights() -> Iterator[Check]:
     """Which catalogued weights are on disk (sizes only: hashing them is `dspo models verify`'s job)."""
-    for location in models.locate_all():
+    for location in weights.locate_all():
         name = f"weights {location.id}"
         if location.present:
             yield Check(name, OK, f"{format_bytes(location.size)} at {location.path}")

@@ -25,9 +25,10 @@ import typer
 from rich.text import Text
 
 from pipeline.cli.common import (
-    ERROR_EXIT, ReportingGroup, StoreOption, console, error_message, opened_store, project_dir, report_error,
+    ERROR_EXIT, ReportingGroup, StoreOption, console, error_message, opened_store, report_error,
 )
 from pipeline.labels import EXPORT_FORMATS, FORMATS, LabelFileError, export_tasks, import_labels
+from pipeline.paths import project_dir
 
 ImportFormat = Enum("ImportFormat", {name.replace("-", "_"): name for name in FORMATS}, type=str)
 ExportFormat = Enum("ExportFormat", {name.replace("-", "_"): name for name in EXPORT_FORMATS}, type=str)

@@ -1,7 +1,6 @@
 """`dspo models ls | verify | fetch`: the weights the active profile uses."""
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -10,19 +9,20 @@ from rich.table import Table
 from pipeline.cli.common import console, format_bytes
 from pipeline.cli.stages import ProfileOption, SetOption
 from pipeline.config import load_config
-from pipeline.fetch import fetch_weights
-from pipeline.model_usage import profile_models, verify_file
+from pipeline.weights import fetch_weights, profile_models, verify_use
 
 app = typer.Typer(no_args_is_help=True, help="Model weights the profile uses: list, verify, prefetch.")
 
 
-def _table(uses, problems: dict[str, str] | None = None) -> Table:
-    table = Table("used by", "model", "present", "size", "expected at", "if missing", *(["check"] if problems else []))
-    for use in uses:
+def _table(uses, checks: list[str] | None = None) -> Table:
+    """The uses, one row each; with `checks` (one per use), a last column showing them."""
+    table = Table("used by", "model", "present", "size", "expected at", "if missing",
+                  *(["check"] if checks is not None else []))
+    for index, use in enumerate(uses):
         row = [use.used_by, use.model, "yes" if use.present else "[red]no[/]",
                format_bytes(use.size) if use.present else "-", use.path or "-", use.if_missing]
-        if problems is not None:
-            row.append(problems.get(use.used_by, "ok" if use.present else "-"))
+        if checks is not None:
+            row.append(checks[index])
         table.add_row(*row)
     return table
 
@@ -38,18 +38,9 @@ def verify(profile: ProfileOption = "demo", overrides: SetOption = None) -> None
     """Hash the present weights (checking torch-hub style hash prefixes in file names); exit 1
     if a model without a fallback is missing or any file fails its check."""
     uses = profile_models(load_config(profile, overrides))
-    problems = {}
-    for use in uses:
-        if not use.present:
-            continue
-        files = ([os.path.join(d, f) for d, _, names in os.walk(use.path) for f in names]
-                 if os.path.isdir(use.path) else [use.path])
-        found = [f"{os.path.basename(path)}: {problem}" for path in files if (problem := verify_file(path))]
-        if found:
-            problems[use.used_by] = "; ".join(found)
-    console().print(_table(uses, problems))
-    blocking = [use for use in uses if not use.present and use.if_missing == "error"]
-    if problems or blocking:
+    checks = [verify_use(use) for use in uses]
+    console().print(_table(uses, [check.result for check in checks]))
+    if any(check.failed for check in checks):
         raise typer.Exit(1)
 
 

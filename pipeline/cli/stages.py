@@ -21,7 +21,8 @@ def _print_results(results: list[StageResult]) -> None:
 
     table = Table("stage", "dataset", "rows", "cache", "shards computed", "quarantined", "seconds")
     for result in results:
-        table.add_row(result.stage, result.ref, str(result.rows), "hit" if result.cache_hit else "miss",
+        dataset = " + ".join([result.ref, *result.side_outputs.values()])
+        table.add_row(result.stage, dataset, str(result.rows), "hit" if result.cache_hit else "miss",
                       f"{result.shards_computed}/{result.shards_total}", str(len(result.quarantined)),
                       f"{result.seconds:.1f}")
     console().print(table)
@@ -70,12 +71,15 @@ def run(
     force: ForceOption = False,
     store: StoreOption = None,
 ) -> None:
-    """Run every stage in order, in this process (cache hits where nothing changed)."""
-    from pipeline.stages import PIPELINE_ORDER, STAGES
+    """Run every stage in order, in this process (cache hits where nothing changed). Each stage
+    reads the versions the earlier stages of this run published, as the Prefect parent flow does."""
+    from pipeline.stages import PIPELINE_ORDER, STAGES, pinned_inputs
 
     config = load_config(profile, overrides)
-    results = []
+    results, outputs = [], {}
     with opened_store(store) as opened:
         for name in PIPELINE_ORDER:
-            results.append(run_stage(STAGES[name], opened, config, force=force))
+            result = run_stage(STAGES[name], opened, config, inputs=pinned_inputs(name, outputs), force=force)
+            outputs[STAGES[name].output] = result.ref
+            results.append(result)
     _print_results(results)

@@ -32,12 +32,12 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
-import pyarrow.compute as pc
 from PIL import Image
 
 from dspo_core.segment import rle
+from pipeline.datasets import lineage_ref, rgb_array, rows_by_sample
 from pipeline.labels.readers import TEMPLATE_COLUMNS
-from storage import DatasetStore, decode_image
+from storage import DatasetStore, StoreError
 
 EXPORT_FORMATS = ("label-studio", "folder")
 DISPLAY_SIDE = 256      # crops are enlarged until their longer side reaches this (integer zoom)
@@ -112,11 +112,21 @@ def label_config(candidates: int) -> str:
 """
 
 
-def _lq_ref(store: DatasetStore, candidates_ref: str) -> str:
-    for ref in store.manifest(candidates_ref).get("inputs", []):
-        if ref.startswith("lq_pairs@"):
-            return ref
-    return store.resolve("lq_pairs@latest")
+def rgb_at(cell: dict, frame: tuple[int, int]) -> np.ndarray:
+    """An image cell as a uint8 RGB array of `frame` (h, w): bicubic-resized when its size
+    differs (the LQ input, a candidate of another size), so every view of a sample aligns."""
+    image = rgb_array(cell)
+    if image.shape[:2] == tuple(frame):
+        return image
+    return np.asarray(Image.fromarray(image).resize((frame[1], frame[0]), Image.BICUBIC))
+
+
+def lq_pairs_of(store: DatasetStore, candidates_ref: str) -> str:
+    """The lq_pairs version `candidates_ref` was made from; StoreError naming it when none is."""
+    ref = lineage_ref(store, candidates_ref, "lq_pairs")
+    if ref is None:
+        raise StoreError(f"{candidates_ref} has no lq_pairs in its lineage, so its LQ and HR images are unknown")
+    return ref
 
 
 def _prepare(folder: Path, force: bool) -> None:
@@ -134,7 +144,7 @@ def export_tasks(store: DatasetStore, to, format: str = "label-studio", limit: i
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; one of {', '.join(EXPORT_FORMATS)}")
     candidates_ref, instances_ref = store.resolve(candidates), store.resolve(instances)
-    lq_ref = _lq_ref(store, candidates_ref)
+    lq_ref = lq_pairs_of(store, candidates_ref)
     folder = Path(to)
     _prepare(folder, force)
     report = ExportReport(folder, format, inputs=[candidates_ref, instances_ref, lq_ref])
@@ -174,22 +184,17 @@ def export_tasks(store: DatasetStore, to, format: str = "label-studio", limit: i
 def _read_samples(store: DatasetStore, lq_ref: str, candidates_ref: str, group: list[str]) -> dict[str, dict]:
     """{sample_id: {"hr": array, "lq_up": array, "candidates": [(id, array), ...]}} for `group`."""
     found: dict[str, dict] = {}
-    lq = store.read_arrow(lq_ref, columns=["sample_id", "hr", "lq"], filter=pc.field("sample_id").isin(group))
-    for row in lq.to_pylist():
-        hr = decode_image(row["hr"]).convert("RGB")
-        lq_up = decode_image(row["lq"]).convert("RGB").resize(hr.size, Image.BICUBIC)
-        found[row["sample_id"]] = {"hr": np.asarray(hr), "lq_up": np.asarray(lq_up), "candidates": []}
-    table = store.read_arrow(candidates_ref, columns=["candidate_id", "sample_id", "candidate_index", "image"],
-                             filter=pc.field("sample_id").isin(group))
-    for row in sorted(table.to_pylist(), key=lambda item: (item["sample_id"], item["candidate_index"])):
-        sample = found.get(row["sample_id"])
+    for sample_id, (row, *_) in rows_by_sample(store, lq_ref, ["sample_id", "hr", "lq"], group).items():
+        hr = rgb_array(row["hr"])
+        found[sample_id] = {"hr": hr, "lq_up": rgb_at(row["lq"], hr.shape[:2]), "candidates": []}
+    candidates = rows_by_sample(store, candidates_ref, ["candidate_id", "sample_id", "candidate_index", "image"],
+                                group)
+    for sample_id, rows in candidates.items():
+        sample = found.get(sample_id)
         if sample is None:
             continue
-        image = decode_image(row["image"]).convert("RGB")
-        height, width = sample["hr"].shape[:2]
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.BICUBIC)
-        sample["candidates"].append((row["candidate_id"], np.asarray(image)))
+        for row in sorted(rows, key=lambda item: item["candidate_index"]):
+            sample["candidates"].append((row["candidate_id"], rgb_at(row["image"], sample["hr"].shape[:2])))
     return found
 
 

@@ -4,17 +4,22 @@ Rules (a label breaking one is rejected with the offending id and the reason; th
 
 - it has an annotator (its own, else the default given to the import);
 - its sample is in the candidates dataset (`sr_candidates@latest` unless given), its instance
-  (if any) in the instances dataset and of that sample;
-- best and worst are both given, are candidates of that sample, and differ;
+  (if any) in the instances dataset and of that sample (`KnownIds`);
+- best and worst are both given and are candidates of that sample (`KnownIds`), and differ;
 - a mask, if any, has the sample's HR size (brush regions drawn on a crop are placed first);
-- one label per (annotator, sample, instance): a second one with the same judgement (best,
-  worst, hallucination) is a duplicate, with another judgement a contradiction; both are
-  rejected, whether the first one is earlier in the file or already in `human_labels@latest`.
+- one judgement per (annotator, sample, instance), the rule make_pairs applies too
+  (dspo_core.label_rules), with the labels already in `human_labels@latest` counting as
+  earlier than the file's: a later label with the same best, worst, hallucination,
+  description and mask is a duplicate — accepted once, so it adds no row, and reported in
+  `ImportReport.duplicates`, not as a rejection (importing a file twice changes nothing); a
+  later label saying anything else conflicts and is rejected, its reason naming the standing
+  label and what differs.
 
 A hallucination flag without a description is allowed and counted. Every import that accepts
 at least one label publishes a version holding the previous version's rows plus the new ones.
 If another import published meanwhile, the versions are merged (first published wins on
-each (annotator, sample, instance)) and published again, so the latest version holds all.
+each (annotator, sample, instance), by the same rule) and published again, so the latest
+version holds all.
 """
 from __future__ import annotations
 
@@ -28,20 +33,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from dspo_core.label_rules import Judgement, Repeat, StandingJudgements, choice_problem
 from dspo_core.segment import rle
-from pipeline.schemas import HUMAN_LABELS
 from pipeline.labels.readers import read_labels
 from pipeline.labels.records import DrawnMask, Problem, RawLabel, from_mapping
+from pipeline.schemas import HUMAN_LABELS
 from storage import DatasetNotFoundError, DatasetStore
 
 DATASET = "human_labels"
-# Rejections recorded in the manifest; the rest are counted.
-MANIFEST_REJECTIONS = 1000
+# The columns a duplicate must repeat, with the key (annotator, sample_id, instance_id).
+JUDGED = ["annotator", "sample_id", "instance_id", "best", "worst", "hallucination", "description", "mask"]
+# Rejections (and, separately, duplicates) listed in the manifest; the rest are counted.
+MANIFEST_LISTED = 1000
 
 
 @dataclass(frozen=True)
-class Rejection:
-    where: str    # "line 7", "row 3", "task 2 (id 14)"
+class LabelNote:
+    """A label of the file that did not become a new row, and why."""
+
+    where: str    # "line 7", "row 3", "task 2 (id 14)", "(merge)"
     id: str       # the offending id
     reason: str
 
@@ -52,9 +62,17 @@ class Rejection:
         return {"where": self.where, "id": self.id, "reason": self.reason}
 
 
+class Rejection(LabelNote):
+    """The label broke a rule (module doc): not imported."""
+
+
+class Duplicate(LabelNote):
+    """The label repeats a standing one exactly: accepted once, so it adds nothing; not an error."""
+
+
 @dataclass
 class ImportReport:
-    """What an import read, kept, rejected and published."""
+    """What an import read, kept, rejected, found already there (duplicates) and published."""
 
     source_file: str
     format: str
@@ -64,6 +82,7 @@ class ImportReport:
     read: int = 0
     accepted: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
     skipped: int = 0                        # Label Studio: cancelled annotations, tasks without any
     hallucination_without_description: int = 0
     total: int = 0                          # rows of the new version
@@ -72,13 +91,14 @@ class ImportReport:
 
     def counts(self) -> dict:
         return {"read": self.read, "accepted": self.accepted, "rejected": len(self.rejected),
-                "skipped": self.skipped, "hallucination_without_description": self.hallucination_without_description,
-                "total": self.total}
+                "duplicates": len(self.duplicates), "skipped": self.skipped,
+                "hallucination_without_description": self.hallucination_without_description, "total": self.total}
 
 
 @dataclass
-class Catalog:
-    """The ids labels may name, from one candidates and one instances version."""
+class KnownIds:
+    """The candidate and instance ids labels may name (and each sample's frame size), from one
+    candidates and one instances version."""
 
     candidates_ref: str
     instances_ref: str
@@ -92,7 +112,7 @@ class Catalog:
 
     @classmethod
     def load(cls, store: DatasetStore, candidates: str = "sr_candidates@latest",
-             instances: str = "instances@latest") -> Catalog:
+             instances: str = "instances@latest") -> KnownIds:
         candidates_ref, instances_ref = store.resolve(candidates), store.resolve(instances)
         table = store.read_arrow(candidates_ref, columns=["candidate_id", "sample_id"])
         candidate_sample = dict(zip(*(table.column(name).to_pylist() for name in ("candidate_id", "sample_id"))))
@@ -125,8 +145,6 @@ class Catalog:
                 return candidate, f"unknown {role} candidate: not in {self.candidates_ref}"
             if owner != sample:
                 return candidate, f"{role} candidate belongs to sample {owner}, not {sample}"
-        if label.best == label.worst:
-            return label.best, "best and worst are the same candidate"
         return None
 
     def place(self, label: RawLabel) -> None:
@@ -160,33 +178,35 @@ def label_id(annotator: str, sample_id: str, instance_id: str | None) -> str:
     return hashlib.sha256(f"{annotator}:{sample_id}:{instance_id or ''}".encode()).hexdigest()[:20]
 
 
-def _judgement(row: dict) -> tuple:
-    return row["best"], row["worst"], bool(row["hallucination"])
+def _judgement(row: dict) -> Judgement:
+    return Judgement.of(row["best"], row["worst"], row["hallucination"], row["description"], row["mask"])
 
 
 def _key(row: dict) -> tuple:
     return row["annotator"], row["sample_id"], row["instance_id"] or None
 
 
-def validate(labels: list[RawLabel], catalog: Catalog, existing: pa.Table | None, existing_ref: str | None,
-             source: str, now: datetime) -> tuple[list[dict], list[Rejection]]:
-    """(accepted rows in the HUMAN_LABELS layout, rejections), in file order."""
-    seen: dict[tuple, tuple[tuple, str]] = {}
+def validate(labels: list[RawLabel], known: KnownIds, existing: pa.Table | None, existing_ref: str | None,
+             source: str, now: datetime) -> tuple[list[dict], list[Duplicate], list[Rejection]]:
+    """(accepted rows in the HUMAN_LABELS layout, duplicates, rejections), each in file order."""
+    standing = StandingJudgements()
     if existing is not None:
-        for row in existing.select(["label_id", "sample_id", "instance_id", "best", "worst", "hallucination",
-                                    "annotator"]).to_pylist():
-            seen.setdefault(_key(row), (_judgement(row), f"{existing_ref} (label {row['label_id']})"))
-    accepted, rejected = [], []
+        for row in existing.select(["label_id", *JUDGED]).to_pylist():
+            standing.add(_key(row), _judgement(row), f"{existing_ref} (label {row['label_id']})")
+    accepted, duplicates, rejected = [], [], []
     for label in labels:
         try:
             if label.problem is not None:
                 raise label.problem
             if not label.annotator:
                 raise Problem("no annotator: add an annotator column (or completed_by) or pass --annotator")
-            found = catalog.problem(label)
+            found = known.problem(label)
             if found is not None:
                 raise Problem(found[1], found[0])
-            catalog.place(label)
+            same = choice_problem(label.best, label.worst)
+            if same is not None:
+                raise Problem(same, label.best)
+            known.place(label)
         except Problem as problem:
             rejected.append(Rejection(label.where, problem.item or label.item, problem.reason))
             continue
@@ -195,15 +215,14 @@ def validate(labels: list[RawLabel], catalog: Catalog, existing: pa.Table | None
                "worst": label.worst, "hallucination": label.hallucination, "description": label.description,
                "mask": label.mask, "annotator": label.annotator, "source": source,
                "labelled_at": label.labelled_at or now}
-        earlier = seen.get(_key(row))
-        if earlier is not None:
-            what = "duplicate of" if earlier[0] == _judgement(row) else "contradicts"
-            rejected.append(Rejection(label.where, label.item,
-                                      f"{what} the label by {label.annotator} in {earlier[1]}"))
-            continue
-        seen[_key(row)] = (_judgement(row), label.where)
-        accepted.append(row)
-    return accepted, rejected
+        repeat = standing.add(_key(row), _judgement(row), label.where)
+        if repeat is None:
+            accepted.append(row)
+        elif repeat.duplicate:
+            duplicates.append(Duplicate(label.where, label.item, repeat.reason))
+        else:
+            rejected.append(Rejection(label.where, label.item, repeat.reason))
+    return accepted, duplicates, rejected
 
 
 def _version(ref: str) -> int:
@@ -225,15 +244,16 @@ def _read(store: DatasetStore, ref: str) -> pa.Table:
 def import_labels_checked(store: DatasetStore, labels: list[RawLabel], report: ImportReport, *,
                           source: str, candidates: str, instances: str, dry_run: bool = False) -> ImportReport:
     """Check `labels`, fill `report`, and publish unless nothing was accepted or `dry_run`."""
-    catalog = Catalog.load(store, candidates, instances)
+    known = KnownIds.load(store, candidates, instances)
     previous, existing = _latest(store)
     report.previous = previous
     report.read = len(labels)
-    accepted, rejected = validate(labels, catalog, existing, previous, source, datetime.now(timezone.utc))
+    accepted, duplicates, rejected = validate(labels, known, existing, previous, source, datetime.now(timezone.utc))
     report.rejected.extend(rejected)
+    report.duplicates.extend(duplicates)
     new = pa.Table.from_pylist(accepted, schema=HUMAN_LABELS)
     base = existing if existing is not None else HUMAN_LABELS.empty_table()
-    report.inputs = [catalog.candidates_ref, catalog.instances_ref, *([previous] if previous else [])]
+    report.inputs = [known.candidates_ref, known.instances_ref, *([previous] if previous else [])]
 
     def finish(table: pa.Table) -> None:
         report.labels = new
@@ -250,7 +270,8 @@ def import_labels_checked(store: DatasetStore, labels: list[RawLabel], report: I
     def publish(table: pa.Table, inputs: list[str]) -> str:
         finish(table)
         metadata = {"source_file": report.source_file, "format": report.format, "counts": report.counts(),
-                    "rejected": [item.as_dict() for item in report.rejected[:MANIFEST_REJECTIONS]],
+                    "rejected": [item.as_dict() for item in report.rejected[:MANIFEST_LISTED]],
+                    "duplicates": [item.as_dict() for item in report.duplicates[:MANIFEST_LISTED]],
                     "merged": report.merged}
         return store.publish(DATASET, table, inputs=inputs, metadata=metadata, schema=HUMAN_LABELS)
 
@@ -272,23 +293,26 @@ def import_labels_checked(store: DatasetStore, labels: list[RawLabel], report: I
             kept.append(new)
         table = pa.concat_tables(kept)
         included, first = _version(ref), False
-        ref = publish(table, [catalog.candidates_ref, catalog.instances_ref, ref, *others])
+        ref = publish(table, [known.candidates_ref, known.instances_ref, ref, *others])
     report.ref = ref
     return report
 
 
 def _drop_lost(new: pa.Table, earlier: pa.Table, seen: set[str], report: ImportReport) -> pa.Table:
-    """`new` without the labels a concurrent import published first; those become rejections."""
+    """`new` without the labels a concurrent import published first; by the module's rule those
+    become duplicates (the same judgement) or rejections (another one)."""
     lost = [row for row in new.to_pylist() if row["label_id"] in seen]
     if not lost:
         return new
     winners = {row["label_id"]: row for row in earlier.to_pylist() if row["label_id"] in {r["label_id"] for r in lost}}
     for row in lost:
-        winner = winners[row["label_id"]]
-        what = "duplicate of" if _judgement(winner) == _judgement(row) else "contradicts"
-        report.rejected.append(Rejection("(merge)", row["instance_id"] or row["sample_id"],
-                                         f"{what} the label by {row['annotator']} published concurrently "
-                                         f"(label {row['label_id']})"))
+        repeat = Repeat(row["annotator"], f"a concurrently published version (label {row['label_id']})",
+                        _judgement(winners[row["label_id"]]), _judgement(row))
+        item = row["instance_id"] or row["sample_id"]
+        if repeat.duplicate:
+            report.duplicates.append(Duplicate("(merge)", item, repeat.reason))
+        else:
+            report.rejected.append(Rejection("(merge)", item, repeat.reason))
     return new.filter(pc.invert(pc.is_in(new.column("label_id"), pa.array(sorted(seen), pa.string()))))
 
 

@@ -9,17 +9,18 @@ else the template writer over measured attributes (named in the manifest).
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import pyarrow as pa
 
 from dspo_core.feedback import HFCaptioner, TemplateWriter, describe_feedback, suspect
 from dspo_core.segment import rle
-from pipeline.schemas import PREFERENCES
 from pipeline.config import CaptionConfig, PipelineConfig
+from pipeline.datasets import rgb_array, rows_by_sample
+from pipeline.schemas import PREFERENCES
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
-from pipeline.stages.score import rows_by_sample
-from storage import DatasetStore, decode_image
+from storage import DatasetStore
 
 
 def crop_box(mask: np.ndarray) -> tuple[slice, slice]:
@@ -28,32 +29,23 @@ def crop_box(mask: np.ndarray) -> tuple[slice, slice]:
 
 
 class CaptionStage(Stage):
-    name = "caption"
-    output = "preferences"
-    inputs = ("pairs", "instance_scores", "sr_candidates", "lq_pairs", "instances")
-
-    def __init__(self):
-        self._captioners: dict[str, HFCaptioner] = {}
-
     def section(self, config: PipelineConfig) -> CaptionConfig:
         return config.caption
 
-    def schema(self, section: CaptionConfig) -> pa.Schema:
-        return PREFERENCES
+    def schemas(self, section: CaptionConfig) -> dict[str, pa.Schema]:
+        return {"preferences": PREFERENCES}
 
-    def _captioner(self, section: CaptionConfig) -> HFCaptioner | None:
+    def _captioner(self, section: CaptionConfig) -> AbstractContextManager[HFCaptioner | None]:
+        """The configured captioner for this shard alone, or None (the template writer is used)."""
         if section.captioner is None:
-            return None
-        key = section.captioner.model_dump_json()
-        if key not in self._captioners:
-            self._captioners[key] = HFCaptioner(section.captioner)
-        return self._captioners[key]
+            return nullcontext(None)
+        return self.model("captioner", section.captioner, lambda: HFCaptioner(section.captioner))
 
     def metadata(self, section: CaptionConfig) -> dict:
-        captioner = self._captioner(section)
-        return {"feedback_writer": TemplateWriter(section.feedback.template).describe(),
-                "captioner": captioner.describe() if captioner else None,
-                "fallback": None if captioner else "template writer (no captioner configured)"}
+        with self._captioner(section) as captioner:
+            return {"feedback_writer": TemplateWriter(section.feedback.template).describe(),
+                    "captioner": captioner.describe() if captioner else None,
+                    "fallback": None if captioner else "template writer (no captioner configured)"}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: CaptionConfig) -> list[Shard]:
         ids = store.read_arrow(inputs["pairs"], columns=["sample_id"]).column(0).unique().to_pylist()
@@ -77,27 +69,33 @@ class CaptionStage(Stage):
                 if row["metric"] in ("fr_mean", "nr_mean"):
                     family[(row["instance_id"], row["candidate_id"], row["metric"])] = row["normalised"]
         writer = TemplateWriter(section.feedback.template)
-        captioner = self._captioner(section)
         rows = []
-        for sample_id in shard.items:
-            hr = np.asarray(decode_image(hr_crops[sample_id][0]["hr"]).convert("RGB"))
-            for pair in pairs.get(sample_id, []):
-                mask = rle.decode(masks[pair["instance_id"]])
-                box = crop_box(mask)
-                loser = np.asarray(decode_image(images[pair["loser_id"]]).convert("RGB"))
-                if pair["human_hallucination"]:
-                    flag, reason = True, "flagged by a human annotator"
-                else:
-                    flag, reason = suspect(family.get((pair["instance_id"], pair["loser_id"], "fr_mean")),
-                                           family.get((pair["instance_id"], pair["loser_id"], "nr_mean")),
-                                           section.feedback.suspect)
-                feedback = describe_feedback(loser[box], hr[box], mask[box], hallucination=flag, reason=reason,
-                                             human_negative=pair["human_description"], writer=writer,
-                                             captioner=captioner, config=section.feedback)
-                rows.append({
-                    **{name: pair[name] for name in PREFERENCES.names[:8]}, "mask": masks[pair["instance_id"]],
-                    "hallucination": feedback.hallucination, "hallucination_reason": feedback.reason,
-                    "positive_text": feedback.positive_text, "negative_text": feedback.negative_text,
-                    "feedback_source": feedback.source, "attributes": json.dumps(feedback.attributes),
-                })
+        with self._captioner(section) as captioner:
+            for sample_id in shard.items:
+                hr = rgb_array(hr_crops[sample_id][0]["hr"])
+                rows += [self._preference(pair, hr, masks, images, family, writer, captioner, section)
+                         for pair in pairs.get(sample_id, [])]
         return ShardOutput(pa.Table.from_pylist(rows, schema=PREFERENCES))
+
+    @staticmethod
+    def _preference(pair: dict, hr: np.ndarray, masks: dict, images: dict, family: dict, writer: TemplateWriter,
+                    captioner: HFCaptioner | None, section: CaptionConfig) -> dict:
+        """One preferences row: the pair, its mask, the hallucination verdict and the two texts."""
+        mask = rle.decode(masks[pair["instance_id"]])
+        box = crop_box(mask)
+        loser = rgb_array(images[pair["loser_id"]])
+        if pair["human_hallucination"]:
+            flag, reason = True, "flagged by a human annotator"
+        else:
+            flag, reason = suspect(family.get((pair["instance_id"], pair["loser_id"], "fr_mean")),
+                                   family.get((pair["instance_id"], pair["loser_id"], "nr_mean")),
+                                   section.feedback.suspect)
+        feedback = describe_feedback(loser[box], hr[box], mask[box], hallucination=flag, reason=reason,
+                                     human_negative=pair["human_description"], writer=writer,
+                                     captioner=captioner, config=section.feedback)
+        return {
+            **{name: pair[name] for name in PREFERENCES.names[:8]}, "mask": masks[pair["instance_id"]],
+            "hallucination": feedback.hallucination, "hallucination_reason": feedback.reason,
+            "positive_text": feedback.positive_text, "negative_text": feedback.negative_text,
+            "feedback_source": feedback.source, "attributes": json.dumps(feedback.attributes),
+        }

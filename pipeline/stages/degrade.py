@@ -8,10 +8,11 @@ import numpy as np
 import pyarrow as pa
 
 from dspo_core.degradation import degrade
-from pipeline.schemas import stable_id, LQ_PAIRS
 from pipeline.config import DegradeConfig, PipelineConfig
+from pipeline.datasets import rgb_array
+from pipeline.schemas import LQ_PAIRS, stable_id
 from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
-from storage import DatasetStore, decode_image, image_cell
+from storage import DatasetStore, image_cell
 
 
 def crop_seed(base_seed: int, image_id: str, crop_index: int) -> int:
@@ -20,15 +21,11 @@ def crop_seed(base_seed: int, image_id: str, crop_index: int) -> int:
 
 
 class DegradeStage(Stage):
-    name = "degrade"
-    output = "lq_pairs"
-    inputs = ("hr_images",)
-
     def section(self, config: PipelineConfig) -> DegradeConfig:
         return config.degrade
 
-    def schema(self, section: DegradeConfig) -> pa.Schema:
-        return LQ_PAIRS
+    def schemas(self, section: DegradeConfig) -> dict[str, pa.Schema]:
+        return {"lq_pairs": LQ_PAIRS}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: DegradeConfig) -> list[Shard]:
         return make_shards(ids_in_splits(store, inputs["hr_images"], "image_id", section.splits), section.shard_size)
@@ -39,7 +36,7 @@ class DegradeStage(Stage):
                                      columns=["image_id", "split", "image"])
         rows, quarantine = [], []
         for record in source.to_pylist():
-            hr = np.asarray(decode_image(record["image"]).convert("RGB"))
+            hr = rgb_array(record["image"])
             for crop_index in range(section.crops_per_image):
                 seed = crop_seed(section.seed, record["image_id"], crop_index)
                 try:

@@ -1,5 +1,5 @@
 """Stage `evaluate`: (`lq_pairs`, `checkpoints`) -> `eval_results` (schema: pipeline.schemas.EVAL_RESULTS),
-plus one `eval_report` row (pipeline.schemas.EVAL_REPORT).
+and the side output `eval_report`, one row (pipeline.schemas.EVAL_REPORT).
 
 Base vs tuned on held-out samples: each LQ is super-resolved by the checkpoint's base backbone
 (rebuilt from the config stored in the checkpoint row) and again with the checkpoint's LoRA
@@ -8,10 +8,9 @@ loaded from the store, under the same settings and seed; both are scored on the 
 
 - Samples: the configured lq_pairs splits (default test); when none has rows, `val`, then
   every row; the fallback is named in the log, the manifest notes and the report.
-- One shard (both models loaded once; eval sets are ~100 images). The shard publishes the
-  `eval_report` row itself (markdown report + side-by-side PNG grid, an HF Image cell), as the
-  train stage publishes `train_metrics`: the PNG stays out of the JSON manifest, whose metadata
-  holds the per-model means, the markdown and the `eval_report` ref.
+- One shard (both models loaded once; eval sets are ~100 images). The `eval_report` row holds
+  the markdown report and a side-by-side PNG grid (an HF Image cell), so the PNG stays out of
+  the JSON manifest, whose metadata holds the per-model means and the markdown.
 """
 from __future__ import annotations
 
@@ -24,15 +23,12 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from dspo_core.iqa import IQAScorer
-from pipeline.schemas import EVAL_REPORT, EVAL_RESULTS
+from pipeline.checkpoints import build_diffusion_backbone, checkpoint_row, load_checkpoint_into
 from pipeline.config import EvaluateConfig, PipelineConfig
-from pipeline.stage import Shard, ShardOutput, Stage, fingerprint_of
-from pipeline.stages.train import (
-    build_diffusion_backbone,
-    checkpoint_row,
-    load_checkpoint_into,
-)
-from storage import DatasetStore, decode_image, image_cell
+from pipeline.datasets import rgb_array
+from pipeline.schemas import EVAL_REPORT, EVAL_RESULTS
+from pipeline.stage import Shard, ShardOutput, Stage
+from storage import DatasetStore, image_cell
 
 log = logging.getLogger("dspo.evaluate")
 MODELS = ("base", "tuned")
@@ -97,15 +93,11 @@ def grid_png(rows: list[tuple[np.ndarray, ...]]) -> Image.Image:
 
 
 class EvaluateStage(Stage):
-    name = "evaluate"
-    output = "eval_results"
-    inputs = ("lq_pairs", "checkpoints")
-
     def section(self, config: PipelineConfig) -> EvaluateConfig:
         return config.evaluate
 
-    def schema(self, section: EvaluateConfig) -> pa.Schema:
-        return EVAL_RESULTS
+    def schemas(self, section: EvaluateConfig) -> dict[str, pa.Schema]:
+        return {"eval_results": EVAL_RESULTS, "eval_report": EVAL_REPORT}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: EvaluateConfig) -> list[Shard]:
         _, ids, note = choose_samples(store, inputs["lq_pairs"], section.splits)
@@ -122,8 +114,8 @@ class EvaluateStage(Stage):
         samples = store.read_where_in(inputs["lq_pairs"], "sample_id", ids,
                                       columns=["sample_id", "split", "lq", "hr"]).to_pylist()
         samples.sort(key=lambda row: ids.index(row["sample_id"]))
-        lq = [np.asarray(decode_image(row["lq"]).convert("RGB")) for row in samples]
-        hr = [np.asarray(decode_image(row["hr"]).convert("RGB")) for row in samples]
+        lq = [rgb_array(row["lq"]) for row in samples]
+        hr = [rgb_array(row["hr"]) for row in samples]
         settings = [section.settings.model_copy(update={"seed": sample_seed(section.settings.seed, row["sample_id"])})
                     for row in samples]
         outputs, weights = {"base": backbone.sample(lq, settings)}, {"base": backbone.weights_id}
@@ -151,16 +143,13 @@ class EvaluateStage(Stage):
         report = {"checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"], "split": split_label,
                   "samples": len(samples), "means": json.dumps(means), "markdown": markdown,
                   "grid": image_cell(np.asarray(grid)), "notes": note}
-        report_ref = store.publish(
-            "eval_report", pa.Table.from_pylist([report], schema=EVAL_REPORT), inputs=list(inputs.values()),
-            fingerprint=hashlib.sha256(f"{fingerprint_of(self, section, inputs)}:eval_report".encode()).hexdigest(),
-            metadata={"stage": self.name}, schema=EVAL_REPORT)
-        log.info("evaluate: %s\n%s", report_ref, markdown)
-        stats = {"eval_report": report_ref, "checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"],
+        log.info("evaluate: checkpoint %s\n%s", checkpoint["checkpoint_id"], markdown)
+        stats = {"checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"],
                  "split": split_label, "samples": len(samples), "means": means, "markdown": markdown,
                  "weights": weights, "iqa": scorer.describe()}
-        return ShardOutput(pa.Table.from_pylist(rows, schema=EVAL_RESULTS), notes=[note] if note else [], stats=stats)
+        return ShardOutput(pa.Table.from_pylist(rows, schema=EVAL_RESULTS), notes=[note] if note else [], stats=stats,
+                           side_tables={"eval_report": pa.Table.from_pylist([report], schema=EVAL_REPORT)})
 
     def summarize(self, stats: list[dict]) -> dict:
-        """The comparison: per-model means per metric, the markdown report, the eval_report ref."""
+        """The comparison: per-model means per metric, the markdown report."""
         return stats[0] if stats else {}

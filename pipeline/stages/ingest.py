@@ -29,14 +29,11 @@ def split_of(image_id: str, fractions: dict[str, float]) -> str:
 
 
 class IngestStage(Stage):
-    name = "ingest"
-    output = "hr_images"
-
     def section(self, config: PipelineConfig) -> IngestConfig:
         return config.ingest
 
-    def schema(self, section: IngestConfig) -> pa.Schema:
-        return HR_IMAGES
+    def schemas(self, section: IngestConfig) -> dict[str, pa.Schema]:
+        return {"hr_images": HR_IMAGES}
 
     def identity(self, section: IngestConfig) -> list[tuple[str, str]]:
         return [(item.name, item.identity) for item in list_source(section.source)]
@@ -71,7 +68,7 @@ class IngestStage(Stage):
             })
         return ShardOutput(pa.Table.from_pylist(rows, schema=HR_IMAGES), quarantine)
 
-    def finalize(self, tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    def finalize(self, tables: Iterator[pa.Table], side_outputs: dict[str, str]) -> Iterator[pa.Table]:
         """Drop repeated content across shards: the first file with given bytes wins."""
         seen: set[str] = set()
         for table in tables:

@@ -8,10 +8,10 @@ from collections import defaultdict
 import pyarrow as pa
 
 from dspo_core.pairs import HumanLabel, InstanceRewards, make_pairs
-from pipeline.schemas import PAIRS
 from pipeline.config import PipelineConfig, RankConfig
+from pipeline.datasets import rows_by_sample
+from pipeline.schemas import PAIRS
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
-from pipeline.stages.score import rows_by_sample
 from storage import DatasetStore
 
 COUNT_KEYS = ("instances", "labelled_instances", "pairs", "dropped_small_gap", "dropped_contested", "human_pairs",
@@ -19,16 +19,11 @@ COUNT_KEYS = ("instances", "labelled_instances", "pairs", "dropped_small_gap", "
 
 
 class RankStage(Stage):
-    name = "rank"
-    output = "pairs"
-    inputs = ("instance_scores", "instances")
-    optional_inputs = ("human_labels",)
-
     def section(self, config: PipelineConfig) -> RankConfig:
         return config.rank
 
-    def schema(self, section: RankConfig) -> pa.Schema:
-        return PAIRS
+    def schemas(self, section: RankConfig) -> dict[str, pa.Schema]:
+        return {"pairs": PAIRS}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: RankConfig) -> list[Shard]:
         ids = store.read_arrow(inputs["instances"], columns=["sample_id"]).column(0).unique().to_pylist()

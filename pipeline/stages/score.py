@@ -4,50 +4,36 @@ N candidates against the HR crop, normalised within the instance, and combined i
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 
 import numpy as np
 import pyarrow as pa
 
 from dspo_core.iqa import IQAScorer, normalise, reward
 from dspo_core.segment import rle
-from pipeline.schemas import INSTANCE_SCORES
 from pipeline.config import PipelineConfig, ScoreConfig
+from pipeline.datasets import rgb_array, rows_by_sample
+from pipeline.schemas import INSTANCE_SCORES
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
-from storage import DatasetStore, decode_image
+from storage import DatasetStore
 
 NORMALISATION = "min-max over the instance's candidates, flipped for lower_better (1 = best; all equal -> 0.5)"
 
 
-def rows_by_sample(store: DatasetStore, ref: str, columns: list[str], sample_ids: tuple) -> dict[str, list[dict]]:
-    table = store.read_where_in(ref, "sample_id", sample_ids, columns=columns)
-    grouped: dict[str, list[dict]] = {}
-    for row in table.to_pylist():
-        grouped.setdefault(row["sample_id"], []).append(row)
-    return grouped
-
-
 class ScoreStage(Stage):
-    name = "score"
-    output = "instance_scores"
-    inputs = ("lq_pairs", "sr_candidates", "instances")
-
-    def __init__(self):
-        self._scorers: dict[str, IQAScorer] = {}
-
     def section(self, config: PipelineConfig) -> ScoreConfig:
         return config.score
 
-    def schema(self, section: ScoreConfig) -> pa.Schema:
-        return INSTANCE_SCORES
+    def schemas(self, section: ScoreConfig) -> dict[str, pa.Schema]:
+        return {"instance_scores": INSTANCE_SCORES}
 
-    def _scorer(self, section: ScoreConfig) -> IQAScorer:
-        key = section.iqa.model_dump_json()
-        if key not in self._scorers:
-            self._scorers[key] = IQAScorer(section.iqa)
-        return self._scorers[key]
+    def _scorer(self, section: ScoreConfig) -> AbstractContextManager[IQAScorer]:
+        return self.model("scorer", section.iqa, lambda: IQAScorer(section.iqa))
 
     def metadata(self, section: ScoreConfig) -> dict:
-        return {"iqa": self._scorer(section).describe(), "normalisation": NORMALISATION,
+        with self._scorer(section) as scorer:
+            iqa = scorer.describe()
+        return {"iqa": iqa, "normalisation": NORMALISATION,
                 "reward": {"fr_weight": section.fr_weight, "nr_weight": section.nr_weight}}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: ScoreConfig) -> list[Shard]:
@@ -58,7 +44,12 @@ class ScoreStage(Stage):
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: ScoreConfig,
                   shard: Shard) -> ShardOutput:
-        scorer = self._scorer(section)
+        with self._scorer(section) as scorer:
+            return self._score(scorer, store, inputs, section, shard)
+
+    @staticmethod
+    def _score(scorer: IQAScorer, store: DatasetStore, inputs: dict[str, str], section: ScoreConfig,
+               shard: Shard) -> ShardOutput:
         pyiqa_version = scorer.describe()["pyiqa_version"]
         hr_rows = rows_by_sample(store, inputs["lq_pairs"], ["sample_id", "hr"], shard.items)
         candidate_rows = rows_by_sample(store, inputs["sr_candidates"],
@@ -72,8 +63,8 @@ class ScoreStage(Stage):
             if len(candidates) < 2:
                 quarantine.append({"item": sample_id, "reason": f"{len(candidates)} candidates; ranking needs >= 2"})
                 continue
-            hr = np.asarray(decode_image(hr_rows[sample_id][0]["hr"]).convert("RGB"))
-            images = np.stack([np.asarray(decode_image(row["image"]).convert("RGB")) for row in candidates])
+            hr = rgb_array(hr_rows[sample_id][0]["hr"])
+            images = np.stack([rgb_array(row["image"]) for row in candidates])
             if images.shape[1:] != hr.shape:
                 quarantine.append({"item": sample_id,
                                    "reason": f"candidates are {images.shape[1:3]}, HR {hr.shape[:2]}"})

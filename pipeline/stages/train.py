@@ -6,12 +6,11 @@ instance-level preference pairs. Design choices:
 
 - One shard: training is one sequential run, not sharded over data (crash recovery is
   `resume`, from the last checkpoint in the store).
-- The framework publishes one dataset per stage (`checkpoints`); the single shard publishes
-  `train_metrics` itself before returning the checkpoint rows, and each row (and the manifest
-  metadata) records that ref. pipeline/stage.py is untouched.
+- Two outputs: `checkpoints` and the side output `train_metrics` (one row per logged step),
+  which the framework publishes first; each checkpoint row records its ref.
 - Checkpoints live IN the store: the LoRA file's bytes inline (`lora_weights`), and the full
   trainer checkpoint folder (optimizer, scheduler, RNG) as a tar (`trainer_state`), so another
-  machine loads (`load_checkpoint_into`) or resumes a run from the store alone.
+  machine loads (`pipeline.checkpoints.load_checkpoint_into`) or resumes a run from the store alone.
 - Images are joined from the preferences manifest's lineage (the exact lq_pairs and
   sr_candidates versions the pairs were ranked on); the given inputs must be those versions.
 - `run_id` is the training identity (backbone, data, hyperparameters, not the run length):
@@ -20,26 +19,25 @@ instance-level preference pairs. Design choices:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import tarfile
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dspo_core.segment import rle
-from dspo_core.sr import LORA_WEIGHT_NAME, DiffusionSRBackbone, build_backbone
+from dspo_core.sr import LORA_WEIGHT_NAME, DiffusionSRBackbone
 from dspo_core.train import DSPOTrainer, PairExample
-from pipeline.schemas import CHECKPOINTS, TRAIN_METRIC_KEYS, TRAIN_METRICS, stable_id
+from pipeline.checkpoints import build_diffusion_backbone, latest_checkpoint, tar_folder, untar
 from pipeline.config import PipelineConfig, TrainStageConfig
-from pipeline.fetch import fetch_weights
-from pipeline.stage import Shard, ShardOutput, Stage, fingerprint_of
-from pipeline.stages.sample import WEIGHT_KEYS
-from storage import DatasetStore, decode_image
+from pipeline.datasets import lineage_ref, rgb_array
+from pipeline.schemas import CHECKPOINTS, TRAIN_METRIC_KEYS, TRAIN_METRICS, stable_id
+from pipeline.stage import Shard, ShardOutput, Stage
+from storage import DatasetStore
 
 log = logging.getLogger("dspo.train")
 # TrainConfig fields that say how long and how often, not what is learned: changing them
@@ -61,21 +59,13 @@ def held_out(pair_id: str, fraction: float) -> bool:
     return int(hashlib.sha256(f"eval:{pair_id}".encode()).hexdigest()[:15], 16) / 16 ** 15 < fraction
 
 
-def build_diffusion_backbone(name: str, config: dict) -> DiffusionSRBackbone:
-    backbone = build_backbone(name, {key: fetch_weights(value) if key in WEIGHT_KEYS else value
-                                     for key, value in config.items()})
-    if not isinstance(backbone, DiffusionSRBackbone):
-        raise TypeError(f"train needs a diffusion backbone (tiny-sd, one-step-sd, sd-x4-upscaler), not {name!r}")
-    return backbone
-
-
 def check_lineage(store: DatasetStore, inputs: dict[str, str]) -> None:
     """The pairs name candidate and sample ids of the versions they were ranked on: refuse others."""
-    lineage = {ref.split("@")[0]: ref for ref in store.manifest(inputs["preferences"])["inputs"]}
     for name in ("lq_pairs", "sr_candidates"):
-        if lineage.get(name) != inputs[name]:
-            raise ValueError(f"{inputs['preferences']} was built from {lineage.get(name)}, not {inputs[name]}: "
-                             f"pass --input {lineage.get(name)} (or rerun the stages up to caption)")
+        made_from = lineage_ref(store, inputs["preferences"], name)
+        if made_from != inputs[name]:
+            raise ValueError(f"{inputs['preferences']} was built from {made_from}, not {inputs[name]}: "
+                             f"pass --input {made_from} (or rerun the stages up to caption)")
 
 
 def load_pairs(store: DatasetStore, inputs: dict[str, str], section: TrainStageConfig
@@ -93,72 +83,17 @@ def load_pairs(store: DatasetStore, inputs: dict[str, str], section: TrainStageC
         new_samples = sorted({row["sample_id"] for row in rows} - set(lq))
         for row in store.read_where_in(inputs["lq_pairs"], "sample_id", new_samples,
                                        columns=["sample_id", "lq"]).to_pylist():
-            lq[row["sample_id"]] = np.asarray(decode_image(row["lq"]).convert("RGB"))
+            lq[row["sample_id"]] = rgb_array(row["lq"])
         new_images = sorted({row[key] for row in rows for key in ("winner_id", "loser_id")} - set(images))
         for row in store.read_where_in(inputs["sr_candidates"], "candidate_id", new_images,
                                        columns=["candidate_id", "image"]).to_pylist():
-            images[row["candidate_id"]] = np.asarray(decode_image(row["image"]).convert("RGB"))
+            images[row["candidate_id"]] = rgb_array(row["image"])
         for row in rows:
             pair = PairExample(lq=lq[row["sample_id"]], winner=images[row["winner_id"]], loser=images[row["loser_id"]],
                                mask=rle.decode(row["mask"]), weight=row["weight"], pair_id=row["pair_id"],
                                positive_text=row["positive_text"] or "", negative_text=row["negative_text"] or "")
             (held if held_out(row["pair_id"], section.eval_fraction) else train).append(pair)
     return train, held
-
-
-def latest_checkpoint(store: DatasetStore, run_id: str) -> tuple[str, dict] | None:
-    """(ref, row) of the highest-step checkpoint of `run_id` in any checkpoints version (newest wins ties)."""
-    if "checkpoints" not in store.datasets():
-        return None
-    best = None
-    for version in store.versions("checkpoints"):
-        ref = f"checkpoints@v{version}"
-        steps = store.read_arrow(ref, columns=["step"], filter=pc.field("run_id") == run_id).column("step").to_pylist()
-        if steps and (best is None or max(steps) >= best[1]):
-            best = (ref, max(steps))
-    if best is None:
-        return None
-    rows = store.read_arrow(best[0], filter=(pc.field("run_id") == run_id) & (pc.field("step") == best[1]))
-    return best[0], rows.to_pylist()[0]
-
-
-def checkpoint_row(store: DatasetStore, ref_or_row: str | dict, step: int | None = None) -> dict:
-    """A checkpoints row: given, or read from a ref (the given step, else its highest step)."""
-    if isinstance(ref_or_row, dict):
-        return ref_or_row
-    table = store.read_arrow(ref_or_row)
-    steps = table.column("step").to_pylist()
-    if not steps:
-        raise ValueError(f"{store.resolve(ref_or_row)} has no checkpoints")
-    wanted = max(steps) if step is None else step
-    if wanted not in steps:
-        raise ValueError(f"{store.resolve(ref_or_row)} has no checkpoint at step {step} (steps: {sorted(steps)})")
-    return table.slice(steps.index(wanted), 1).to_pylist()[0]
-
-
-def load_checkpoint_into(backbone: DiffusionSRBackbone, store: DatasetStore, ref_or_row: str | dict,
-                         step: int | None = None) -> dict:
-    """Load a checkpoint's LoRA (from the store) into `backbone`; returns the checkpoints row."""
-    row = checkpoint_row(store, ref_or_row, step)
-    with tempfile.TemporaryDirectory(prefix="dspo-lora-") as directory:
-        with open(os.path.join(directory, row["lora_file"]), "wb") as handle:
-            handle.write(row["lora_weights"])
-        backbone.load_lora(directory)
-    return row
-
-
-def tar_folder(directory: str) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name in sorted(os.listdir(directory)):
-            archive.add(os.path.join(directory, name), arcname=name)
-    return buffer.getvalue()
-
-
-def untar(data: bytes, directory: str) -> str:
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        archive.extractall(directory, filter="data")  # our own archive; 'data' refuses links and absolute paths
-    return directory
 
 
 def metric_row(run_id: str, step: int, metrics: dict[str, float]) -> dict:
@@ -168,15 +103,11 @@ def metric_row(run_id: str, step: int, metrics: dict[str, float]) -> dict:
 
 
 class TrainStage(Stage):
-    name = "train"
-    output = "checkpoints"
-    inputs = ("preferences", "sr_candidates", "lq_pairs")
-
     def section(self, config: PipelineConfig) -> TrainStageConfig:
         return config.train
 
-    def schema(self, section: TrainStageConfig) -> pa.Schema:
-        return CHECKPOINTS
+    def schemas(self, section: TrainStageConfig) -> dict[str, pa.Schema]:
+        return {"checkpoints": CHECKPOINTS, "train_metrics": TRAIN_METRICS}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: TrainStageConfig) -> list[Shard]:
         check_lineage(store, inputs)  # fail before any work
@@ -215,23 +146,20 @@ class TrainStage(Stage):
             trainer.train()
             if eval_pairs and not any(row["split"] == "eval" and row["step"] == trainer.step for row in metrics):
                 trainer.log(trainer.step, trainer.evaluate())  # always an eval row at the final step
-            metrics_ref = store.publish(
-                "train_metrics", pa.Table.from_pylist(metrics, schema=TRAIN_METRICS), inputs=list(inputs.values()),
-                fingerprint=hashlib.sha256(f"{fingerprint_of(self, section, inputs)}:train_metrics".encode()).hexdigest(),
-                metadata={"stage": self.name, "run_id": run_id, "resumed_from": resumed_from}, schema=TRAIN_METRICS)
-            rows = self._checkpoint_rows(output_dir, run_id, section, backbone, inputs, metrics_ref, resumed_from,
+            rows = self._checkpoint_rows(output_dir, run_id, section, backbone, inputs, resumed_from,
                                          (len(train_pairs), len(eval_pairs)))
         last = {split: next((row for row in reversed(metrics) if row["split"] == split), None)
                 for split in ("train", "eval")}
-        stats = {"run_id": run_id, "train_metrics": metrics_ref, "resumed_from": resumed_from,
+        stats = {"run_id": run_id, "resumed_from": resumed_from,
                  "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                  "steps": [row["step"] for row in rows], "final_metrics": last}
-        return ShardOutput(pa.Table.from_pylist(rows, schema=CHECKPOINTS), notes=notes, stats=stats)
+        return ShardOutput(pa.Table.from_pylist(rows, schema=CHECKPOINTS), notes=notes, stats=stats,
+                           side_tables={"train_metrics": pa.Table.from_pylist(metrics, schema=TRAIN_METRICS)})
 
     @staticmethod
     def _checkpoint_rows(output_dir: str, run_id: str, section: TrainStageConfig, backbone: DiffusionSRBackbone,
-                         inputs: dict[str, str], metrics_ref: str, resumed_from: str | None,
-                         counts: tuple[int, int]) -> list[dict]:
+                         inputs: dict[str, str], resumed_from: str | None, counts: tuple[int, int]) -> list[dict]:
+        """The checkpoints rows, one per saved step; `train_metrics` is filled in `finalize`."""
         folders = sorted((int(name.split("-")[1]), name) for name in os.listdir(output_dir)
                          if name.startswith("checkpoint-"))
         rows = []
@@ -245,10 +173,17 @@ class TrainStage(Stage):
                 "base_weights_id": backbone.base_weights_id, "lora_file": LORA_WEIGHT_NAME, "lora_weights": lora,
                 "lora_sha256": hashlib.sha256(lora).hexdigest(), "trainer_state": tar_folder(folder),
                 "config": section.model_dump_json(), "train_pairs": counts[0], "eval_pairs": counts[1],
-                "train_metrics": metrics_ref, "resumed_from": resumed_from, "inputs": list(inputs.values()),
+                "train_metrics": None, "resumed_from": resumed_from, "inputs": list(inputs.values()),
             })
         return rows
 
+    def finalize(self, tables: Iterator[pa.Table], side_outputs: dict[str, str]) -> Iterator[pa.Table]:
+        """Each checkpoint row names the train_metrics version of its run."""
+        for table in tables:
+            column = table.schema.get_field_index("train_metrics")
+            yield table.set_column(column, "train_metrics", pa.array([side_outputs["train_metrics"]] * table.num_rows,
+                                                                     pa.string()))
+
     def summarize(self, stats: list[dict]) -> dict:
-        """The run: run_id, its train_metrics ref, resume origin, pair counts, steps saved, last metrics."""
+        """The run: run_id, resume origin, pair counts, steps saved, last metrics."""
         return stats[0] if stats else {}

@@ -2,7 +2,8 @@
 
     GET  /api/me            {"annotator", "labelled", "remaining", "tasks", "waiting", "published"}
     GET  /api/tasks/next    {"task": {...} | null, "remaining": n}
-    POST /api/labels        {"instance_id", "best", "worst", "hallucination", "description"} -> 201
+    POST /api/labels        {"instance_id", "best", "worst", "hallucination", "description"} -> 201;
+                            200 with "duplicate": true for an exact repeat of the caller's label
     GET  /api/stats         counts and inter-annotator agreement (pipeline.labels.app.stats)
 
 A label is the caller's own: a body naming another `annotator` is refused with 403.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,17 +55,19 @@ def api_routes(app: LabelApp) -> APIRouter:
                 "remaining": app.tasks.remaining(app.book.done(annotator))}
 
     @router.post("/labels", status_code=201)
-    def post_label(body: LabelIn, request: Request, identity: Identity = caller):
+    def post_label(body: LabelIn, request: Request, response: Response, identity: Identity = caller):
         app.check_csrf(identity, request)
         if body.annotator is not None and body.annotator != identity.annotator:
             raise Forbidden(f"you are {identity.annotator}; you cannot label as {body.annotator[:64]!r}")
         try:
-            label = app.book.submit(identity.annotator, body.instance_id, body.best, body.worst, body.hallucination,
-                                    body.description)
+            label, added = app.book.submit(identity.annotator, body.instance_id, body.best, body.worst,
+                                           body.hallucination, body.description)
         except LabelError as error:
             return JSONResponse({"detail": error.message}, status_code=error.status)
+        if not added:
+            response.status_code = 200    # nothing new: the label was known already
         return {"label_id": app.book.label_key(label), "annotator": label.annotator,
-                "instance_id": label.instance_id, "waiting": len(app.book.pending),
+                "instance_id": label.instance_id, "duplicate": not added, "waiting": len(app.book.pending),
                 "published": app.book.published_ref}
 
     @router.get("/stats")

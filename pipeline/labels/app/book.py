@@ -1,6 +1,8 @@
 """The labels the app knows, the check a submitted label must pass, and the batched publish.
 
-Submitted labels are checked at once (so the annotator sees a mistake immediately), kept in
+Submitted labels are checked at once (so the annotator sees a mistake immediately) by the
+import path's rules (dspo_core.label_rules for best != worst and one judgement per annotator
+and instance: the same label again is accepted once, another one is refused with 409), kept in
 memory, and published as a new `human_labels` version through pipeline.labels.import_rows (the
 import path's rules and concurrent-import merge) when `batch_size` labels wait, when the oldest
 has waited `batch_seconds`, and when the app stops. A process killed between batches loses at
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dspo_core.label_rules import Judgement, choice_problem
 from pipeline.labels.app.config import LabelAppConfig
 from pipeline.labels.app.tasks import TaskList
 from pipeline.labels.importer import DATASET, import_rows, label_id
@@ -58,6 +61,10 @@ class Label:
         return {"sample_id": self.sample_id, "instance_id": self.instance_id, "best": self.best,
                 "worst": self.worst, "hallucination": self.hallucination, "description": self.description,
                 "annotator": self.annotator, "labelled_at": self.labelled_at}
+
+    def judgement(self) -> Judgement:
+        """What the label says: equal judgements make a duplicate (dspo_core.label_rules)."""
+        return Judgement.of(self.best, self.worst, self.hallucination, self.description)
 
 
 class LabelBook:
@@ -111,8 +118,10 @@ class LabelBook:
             return list(self.labels.values())
 
     def submit(self, annotator: str, instance_id: str, best: str, worst: str, hallucination: bool,
-               description: str) -> Label:
-        """Check a label and queue it for publishing; LabelError says what is wrong."""
+               description: str) -> tuple[Label, bool]:
+        """Check a label and queue it for publishing: (the label standing for this annotator and
+        instance, whether this call added it — False for an exact repeat of a known label).
+        LabelError says what is wrong; a label contradicting a known one is a 409 naming both."""
         task = self._tasks.by_id.get(instance_id)
         if task is None:
             raise LabelError(422, f"unknown instance {instance_id[:64]!r}: not a task of {self._tasks.instances_ref}")
@@ -120,8 +129,9 @@ class LabelBook:
             if candidate not in task.candidates:
                 raise LabelError(422, f"unknown {role} candidate {candidate[:64]!r}: not a candidate of instance "
                                       f"{instance_id}")
-        if best == worst:
-            raise LabelError(422, f"best and worst are the same candidate {best}")
+        same = choice_problem(best, worst)
+        if same is not None:
+            raise LabelError(422, same)
         description = description.strip()
         if hallucination and not description:
             raise LabelError(422, "describe the hallucination: what does the worst candidate invent or distort?")
@@ -131,15 +141,19 @@ class LabelBook:
                       datetime.now(timezone.utc))
         with self._lock:
             key = (annotator, task.sample_id, instance_id)
-            if key in self.labels:
-                raise LabelError(409, f"{annotator} already labelled instance {instance_id}")
+            standing = self.labels.get(key)
+            if standing is not None:
+                if standing.judgement() == label.judgement():
+                    return standing, False      # the same label again (a form sent twice): accepted once
+                raise LabelError(409, f"{annotator} already labelled instance {instance_id} otherwise: "
+                                      f"{standing.judgement().differences(label.judgement())}")
             self.labels[key] = label
             self.pending.append(label)
             self._oldest = self._oldest or time.monotonic()
             full = len(self.pending) >= self._config.batch_size
         if full:
             self._wake.set()
-        return label
+        return label, True
 
     def flush(self) -> str | None:
         """Publish the waiting labels now; the new human_labels ref, or None if none waited.
@@ -160,8 +174,10 @@ class LabelBook:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 raise
             for rejection in report.rejected:
-                # Another import published a label for the same (annotator, instance) meanwhile: it wins.
+                # Another import published another label for the same (annotator, instance) meanwhile: it wins.
                 log.warning("label not published: %s", rejection)
+            for duplicate in report.duplicates:
+                log.info("label already published: %s", duplicate)
             self.last_error = None
             self.published_ref = report.ref or self.published_ref
             self.published_count += report.accepted

@@ -11,12 +11,12 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-from PIL import Image
 
 from dspo_core.segment import rle
+from pipeline.datasets import rgb_array, rows_by_sample
 from pipeline.labels.app.tasks import Task, TaskList
-from pipeline.labels.export import crop, crop_geometry, outline
-from storage import DatasetStore, decode_image
+from pipeline.labels.export import crop, crop_geometry, outline, rgb_at
+from storage import DatasetStore
 
 # Rendered crops kept per cached sample: N candidates + LQ + HR of a few instances.
 CROPS_PER_SAMPLE = 16
@@ -73,19 +73,15 @@ class Crops:
         if sample_id in self._samples:
             self._samples.move_to_end(sample_id)
             return self._samples[sample_id]
-        row = self._store.read_where_in(self._tasks.lq_ref, "sample_id", [sample_id], columns=["hr", "lq"]).to_pylist()
-        if not row:
+        rows = rows_by_sample(self._store, self._tasks.lq_ref, ["sample_id", "hr", "lq"], [sample_id])
+        if not rows:
             raise LookupError(f"sample {sample_id} is not in {self._tasks.lq_ref}")
-        hr = decode_image(row[0]["hr"]).convert("RGB")
-        views = {"hr": np.asarray(hr),
-                 "lq": np.asarray(decode_image(row[0]["lq"]).convert("RGB").resize(hr.size, Image.BICUBIC))}
-        table = self._store.read_where_in(self._tasks.candidates_ref, "sample_id", [sample_id],
-                                          columns=["candidate_id", "image"])
-        for candidate in table.to_pylist():
-            image = decode_image(candidate["image"]).convert("RGB")
-            if image.size != hr.size:
-                image = image.resize(hr.size, Image.BICUBIC)
-            views[candidate["candidate_id"]] = np.asarray(image)
+        hr = rgb_array(rows[sample_id][0]["hr"])
+        views = {"hr": hr, "lq": rgb_at(rows[sample_id][0]["lq"], hr.shape[:2])}
+        candidates = rows_by_sample(self._store, self._tasks.candidates_ref, ["sample_id", "candidate_id", "image"],
+                                    [sample_id])
+        for candidate in candidates.get(sample_id, []):
+            views[candidate["candidate_id"]] = rgb_at(candidate["image"], hr.shape[:2])
         self._samples[sample_id] = views
         while len(self._samples) > self._cache_samples:
             self._samples.popitem(last=False)

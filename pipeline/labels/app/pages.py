@@ -90,7 +90,7 @@ def page_routes(app: LabelApp) -> APIRouter:
         try:
             app.book.submit(identity.annotator, instance_id, best, worst, hallucination, description)
         except LabelError as error:
-            if error.status == 409:   # labelled already (another tab): on to the next task
+            if error.status == 409:   # labelled otherwise already (another tab): on to the next task
                 return task_page(request, identity, error.message, status=error.status)
             chosen = {"best": best, "worst": worst, "hallucination": hallucination, "description": description}
             return task_page(request, identity, error.message, chosen, error.status, instance_id)

