@@ -137,7 +137,7 @@ def child(args: argparse.Namespace) -> None:
     config = load_config(args.profile, [f"ingest.source={args.source}"])
     store = DatasetStore(args.store)
     if not stage.inputs:
-        inputs = len(list_source(config.ingest.source))
+        inputs = len(list_source(config.ingest.source).items)
     else:  # per-sample stages count samples (lq_pairs rows), not e.g. instance_scores rows
         unit = stage.inputs[0] if stage.inputs[0] in ("hr_images", "lq_pairs") else "lq_pairs"
         inputs = store.manifest(store.resolve(f"{unit}@latest"))["rows"]

@@ -4,8 +4,12 @@ crops, batched publishing, restart, stats and the `dspo label` commands."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,11 +24,14 @@ from pipeline.labels import import_labels
 from pipeline.labels.app import Annotators, LabelAppConfig, create_app
 from pipeline.labels.app.stats import fleiss_kappa
 from pipeline.labels.app.tasks import TaskList
+from pipeline.labels.app.web import SESSION_COOKIE
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES
 from storage import DatasetNotFoundError, DatasetStore, StoreError
 
 STAGE_NAMES = ("ingest", "degrade", "sample", "segment", "score")
+DSPO = [sys.executable, "-c", "from flows.cli import app; app(prog_name='dspo')"]
+START_TIMEOUT = 90
 
 
 def built_store(tmp_path_factory) -> Path:
@@ -56,6 +63,65 @@ def expected_order(store: DatasetStore) -> list[str]:
     rows.sort(key=lambda row: (row["instance_id"] not in gap, gap.get(row["instance_id"], 0.0), -row["weight"],
                                row["sample_id"], row["index"]))
     return [row["instance_id"] for row in rows]
+
+
+class Server:
+    """One `dspo label serve` process on a free loopback port, in its own process group;
+    `options` are more `dspo label serve` options (default: publish every 0.5 s)."""
+
+    def __init__(self, store: Path, state: Path, log: Path, *options: str):
+        self.log = log
+        options = options or ("--batch-size", "100", "--batch-seconds", "0.5")
+        with open(log, "ab") as handle:   # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [*DSPO, "label", "serve", "--store", str(store), "--state-dir", str(state), "--port", "0", *options],
+                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + START_TIMEOUT
+        self.url = None
+        while self.url is None:
+            found = re.findall(r"labelling app: (http://127\.0\.0\.1:\d+)/", log.read_text())
+            if found and "Application startup complete" in log.read_text().rsplit("labelling app:", 1)[-1]:
+                self.url = found[-1]
+            elif self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop(signal.SIGKILL)
+                raise AssertionError(f"dspo label serve did not start:\n{log.read_text()[-3000:]}")
+            else:
+                time.sleep(0.1)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(30)
+
+
+def stopping_servers():
+    """For a fixture: the list a test adds its started servers to, each stopped (SIGKILL) after
+    the test if still running."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+def add_annotator(name: str, state: Path) -> str:
+    result = subprocess.run([*DSPO, "label", "add-annotator", name, "--state-dir", str(state)],
+                            capture_output=True, text=True, timeout=120, check=True)
+    return result.stdout.strip()
+
+
+def wait_for_labels(store: DatasetStore, count: int, timeout: float = 30) -> list[dict]:
+    """human_labels@latest once it holds `count` rows (or whatever it holds at `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rows = store.read_arrow("human_labels@latest").to_pylist()
+        except DatasetNotFoundError:
+            rows = []
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +326,48 @@ def test_login_cookie_and_csrf(client, store, tokens, tmp_path):
         ("alice", True, "fake bricks"), ("alice", False, "")]
 
 
+def logged_in(client, token: str) -> str:
+    """A new session of `token`'s annotator in `client` (any other cookie dropped); its cookie."""
+    client.cookies.clear()
+    assert login(client, token).status_code == 303
+    return client.cookies[SESSION_COOKIE]
+
+
+def works(client, cookie: str) -> bool:
+    """Whether `cookie` is a live session: the task page and the API answer it."""
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, cookie)
+    page, api = client.get("/"), client.get("/api/me")
+    assert (page.status_code == 200) == (api.status_code == 200), (page.status_code, api.status_code)
+    return api.status_code == 200
+
+
+def test_logout_and_a_new_token_end_sessions_on_the_server(store, tokens, tmp_path):
+    state = tmp_path / "state"
+    with TestClient(create_app(store, make_config(tmp_path)), follow_redirects=False) as client:
+        first, second = logged_in(client, tokens["alice"]), logged_in(client, tokens["alice"])
+        bobs = logged_in(client, tokens["bob"])
+        assert works(client, first) and works(client, second) and works(client, bobs)
+        client.cookies.set(SESSION_COOKIE, first)
+        response = client.post("/logout", data={"csrf": page_csrf(client)})
+        assert response.status_code == 303 and response.headers["location"] == "/login"
+        assert not works(client, first)                    # the replayed cookie of a logged-out session
+        assert works(client, second)
+    saved = (state / "sessions.json").read_text()
+    assert (state / "sessions.json").stat().st_mode & 0o777 == 0o600
+    assert all(secret not in saved for secret in (first, second, bobs, *tokens.values()))
+    with TestClient(create_app(store, make_config(tmp_path)), follow_redirects=False) as client:
+        assert not works(client, first)                    # a logout survives a restart ...
+        assert works(client, second) and works(client, bobs)   # ... and so do live sessions
+        replaced = CliRunner().invoke(dspo, ["label", "add-annotator", "alice", "--replace", "--state-dir",
+                                             str(state)])
+        assert replaced.exit_code == 0, replaced.output
+        assert not works(client, second)                   # a new token ends alice's sessions
+        assert works(client, bobs)
+        assert works(client, logged_in(client, replaced.stdout.strip()))
+    assert len(json.loads((state / "sessions.json").read_text())["sessions"]) == 2   # bob's and alice's new one
+
+
 def test_skip_moves_a_task_back(client, tokens):
     alice = tokens["alice"]
     order = [task.instance_id for task in client.app.state.labelling.tasks.tasks]
@@ -347,6 +455,31 @@ def test_shutdown_publishes_and_restart_resumes(store, tokens, tmp_path):
         assert client.get("/api/me", headers=bearer(alice)).json()["remaining"] == len(order) - 3
     manifests = "".join(json.dumps(store.manifest(f"human_labels@v{v}")) for v in store.versions("human_labels"))
     assert all(token not in manifests for token in tokens.values())
+
+
+def test_journal_replay_publishes_each_label_once(store, tokens, tmp_path, caplog):
+    alice = tokens["alice"]
+    journal = tmp_path / "state" / "labels.journal"
+    with TestClient(create_app(store, make_config(tmp_path))) as client:
+        for _ in range(3):
+            assert client.post("/api/labels", headers=bearer(alice), json=label_body(next_task(client, alice))
+                               ).status_code == 201
+        written = journal.read_bytes()
+        assert len(written.splitlines()) == 3
+        with pytest.raises(OSError, match="in use by another `dspo label serve`"):
+            create_app(store, make_config(tmp_path))
+        assert client.app.state.labelling.book.flush() == "human_labels@v1"
+        assert journal.read_bytes() == b""                      # published: nothing left to replay
+    # A kill after the publish but before the journal was shortened, and during the next append;
+    # plus a label of a task this server does not serve (it was started on other instances).
+    foreign = {**json.loads(written.splitlines()[0]), "instance_id": "elsewhere"}
+    journal.write_bytes(written + json.dumps(foreign).encode() + b'\n{"annotator": "al')
+    with TestClient(create_app(store, make_config(tmp_path))) as client:
+        assert client.app.state.labelling.book.pending == []
+        assert client.get("/api/me", headers=bearer(alice)).json()["labelled"] == 3
+    assert store.versions("human_labels") == [1] and len(human_labels(store)) == 3
+    assert [json.loads(line) for line in journal.read_bytes().splitlines()] == [foreign]
+    assert "1 journalled label(s) are no task of" in caplog.text and "unfinished last line" in caplog.text
 
 
 def test_failed_publish_keeps_labels_and_saves_them_on_exit(store, tokens, tmp_path, monkeypatch):

@@ -5,71 +5,30 @@ instances from the keyboard, one flagged as a hallucination with a description; 
 reach human_labels@latest; the server is SIGKILLed and restarted, and the queue resumes."""
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
-from test_label_app import built_store, expected_order
+from test_label_app import (
+    Server,
+    add_annotator,
+    built_store,
+    expected_order,
+    stopping_servers,
+    wait_for_labels,
+)
 
-from storage import DatasetNotFoundError, DatasetStore
+from storage import DatasetStore
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
-DSPO = [sys.executable, "-c", "from flows.cli import app; app(prog_name='dspo')"]
-START_TIMEOUT = 90
-
-
-class Server:
-    """One `dspo label serve` process on a free loopback port, in its own process group."""
-
-    def __init__(self, store: Path, state: Path, log: Path):
-        self.log = log
-        with open(log, "ab") as handle:   # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(
-                [*DSPO, "label", "serve", "--store", str(store), "--state-dir", str(state), "--port", "0",
-                 "--batch-size", "100", "--batch-seconds", "0.5"],
-                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + START_TIMEOUT
-        self.url = None
-        while self.url is None:
-            found = re.findall(r"labelling app: (http://127\.0\.0\.1:\d+)/", log.read_text())
-            if found and "Application startup complete" in log.read_text().rsplit("labelling app:", 1)[-1]:
-                self.url = found[-1]
-            elif self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop(signal.SIGKILL)
-                raise AssertionError(f"dspo label serve did not start:\n{log.read_text()[-3000:]}")
-            else:
-                time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(30)
 
 
 @pytest.fixture
 def servers():
-    """Started servers, each stopped (SIGKILL) after the test if still running."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop(signal.SIGKILL)
-
-
-def add_annotator(name: str, state: Path) -> str:
-    result = subprocess.run([*DSPO, "label", "add-annotator", name, "--state-dir", str(state)],
-                            capture_output=True, text=True, timeout=120, check=True)
-    return result.stdout.strip()
-
+    yield from stopping_servers()
 
 def wait_for_task(page: Page) -> None:
     """Until the task page's script runs (it puts the cursor on the first candidate)."""
@@ -84,18 +43,6 @@ def submit_with_enter(page: Page) -> None:
     with page.expect_navigation():
         page.keyboard.press("Enter")
     wait_for_task(page)
-
-
-def wait_for_labels(store: DatasetStore, count: int, timeout: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            rows = store.read_arrow("human_labels@latest").to_pylist()
-        except DatasetNotFoundError:
-            rows = []
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
 
 
 def test_keyboard_labelling_kill_and_resume(tmp_path_factory, tmp_path, servers, record_property):

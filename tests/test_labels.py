@@ -497,3 +497,160 @@ def test_concurrent_import_is_merged(world, store):
     keys = {(r["annotator"], r["instance_id"]): r["best"] for r in latest}
     assert len(latest) == 5 and keys[("bob", target["instance_id"])] == target["best"]
     assert ("carl", ours[1]["instance_id"]) in keys
+
+
+# ----------------------------------------------------------------- malformed values, per format
+OUT_OF_RANGE = "lies outside the years 1-9999 in UTC"
+BIG = "x" * (1 << 20)                      # 1 MB: past csv's default field limit of 128 KiB
+# (column, bad cell, what the reason must say) for the text formats (CSV, TSV).
+TEXT_CELLS = [
+    ("labelled_at", "0001-01-01T00:00:00+01:00", f"labelled_at '0001-01-01T00:00:00+01:00' {OUT_OF_RANGE}"),
+    ("labelled_at", "9999-12-31T23:30:00-01:00", OUT_OF_RANGE),
+    ("labelled_at", "yesterday", "labelled_at is not an ISO 8601 time: 'yesterday'"),
+    ("hallucination", "maybe", "hallucination must be true/false/1/0/yes/no, got 'maybe'"),
+    ("mask", "{not json", "mask is not a COCO RLE"),
+    ("mask", "[1, 2]", "mask is not a COCO RLE"),
+    ("mask", '{"size": [2, 2]}', "mask is not a COCO RLE"),
+    ("mask", '{"size": [2, 2], "counts": [1, 2]}', "RLE counts sum to 3"),
+    ("mask", '{"size": [2, 2], "counts": "\\u00e9"}', "mask is not a COCO RLE"),
+    ("description", "y" * 2001, "description is 2001 characters long; the limit is 2000"),
+    ("description", BIG, f"description is {len(BIG)} characters long; the limit is 2000"),
+]
+# (column, arrow type, bad value, what the reason must say): the other rows hold null there.
+PARQUET_CELLS = [
+    ("labelled_at", pa.timestamp("s", tz="UTC"), 253402300800 * 2, "labelled_at cannot be read"),
+    ("labelled_at", pa.string(), "0001-01-01T00:00:00+01:00", OUT_OF_RANGE),
+    ("labelled_at", pa.int64(), 5, "labelled_at is not an ISO 8601 time: '5'"),
+    ("hallucination", pa.int64(), 7, "hallucination must be true/false/1/0/yes/no, got '7'"),
+    ("hallucination", pa.string(), "maybe", "hallucination must be"),
+    ("description", pa.string(), BIG, f"description is {len(BIG)} characters long; the limit is 2000"),
+    ("description", pa.list_(pa.string()), ["fur"], "description must be text, got list"),
+    ("annotator", pa.struct([("id", pa.int64())]), {"id": 3}, "annotator must be text, got dict"),
+    ("mask", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.list_(pa.int64()))]),
+     {"size": [2, 2], "counts": [1, 2]}, "RLE counts sum to 3"),
+    ("mask", pa.string(), "{not json", "mask is not a COCO RLE"),
+]
+
+
+def check_one_bad_row(store, path: Path, where: str, fragment: str) -> None:
+    """`path` holds a good label, a bad one at `where`, and another good one: the bad one is
+    rejected with a reason containing `fragment`, the good ones are kept."""
+    report = import_labels(store, path, annotator="alice", dry_run=True)
+    assert report.accepted == 2, (path.name, fragment, report.rejected)
+    assert [item.where for item in report.rejected] == [where], (fragment, report.rejected)
+    reason = report.rejected[0].reason
+    assert fragment in reason and len(reason) < 300, (fragment, reason[:400])
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"], ids=["csv", "tsv"])
+def test_malformed_text_cells_are_rejected_rows(world, store, tmp_path, delimiter):
+    columns = [*COLUMNS, "mask", "labelled_at", "notes"]
+    for number, (column, cell, fragment) in enumerate(TEXT_CELLS):
+        rows = good_rows(world, 3, start=number * 3)
+        rows[1][column] = cell
+        rows[2]["notes"] = BIG                 # a long field in a column the importer ignores is no problem
+        path = tmp_path / f"case{number}.{'csv' if delimiter == ',' else 'tsv'}"
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows({name: row.get(name, "") for name in columns} for row in rows)
+        check_one_bad_row(store, path, "line 3", fragment)
+
+
+def test_malformed_parquet_values_are_rejected_rows(world, store, tmp_path):
+    for number, (column, kind, value, fragment) in enumerate(PARQUET_CELLS):
+        rows = good_rows(world, 3, start=number * 3)
+        for row in rows:
+            row.pop("hallucination")
+            row[column] = None
+        rows[1][column] = value
+        base = pa.Table.from_pylist([{name: row[name] for name in COLUMNS if name not in (column, "hallucination")}
+                                     for row in rows])
+        table = base.append_column(pa.field(column, kind), pa.array([row[column] for row in rows], kind))
+        pq.write_table(table, tmp_path / f"case{number}.parquet")
+        check_one_bad_row(store, tmp_path / f"case{number}.parquet", "row 2", fragment)
+
+
+def ls_task(world, start: int, *results, **annotation_fields) -> dict:
+    """A Label Studio task on the `start`-th instance; without results, a valid ranking."""
+    sample, instance = [(s, i["instance_id"]) for s in world.samples for i in world.instances[s]][start]
+    ids = world.candidates[sample]
+    chosen = results or (ranker(ids),)
+    return {"data": {"sample_id": sample, "instance_id": instance},
+            "annotations": [annotation(*chosen, **annotation_fields)]}
+
+
+def test_malformed_label_studio_values_are_rejected_rows(world, store, tmp_path):
+    ids = world.candidates[world.samples[0]]
+    choices = {"type": "choices", "from_name": "hallucination"}
+    bad_tasks = [  # (what replaces part of a good task, what the reason must say)
+        ({"annotations": 5}, "annotations must be a list, got int '5'"),
+        ({"annotations": "abc"}, "annotations must be a list, got str 'abc'"),
+        ({"annotations": [5]}, "annotation 1 is not an object: '5'"),
+        ({"annotations": [annotation(ranker(ids), was_cancelled="perhaps")]}, "was_cancelled must be true/false"),
+        ({"annotations": [{"result": 5}]}, "result must be a list, got int '5'"),
+        ({"annotations": [{"result": [5]}]}, "result 1 is not an object"),
+        ({"annotations": [annotation({"type": "ranker", "value": "oops"})]},
+         "result 1 ('ranker'): value must be an object, got str 'oops'"),
+        ({"annotations": [annotation({"type": 5, "value": {}})]}, "result 1 ('5'): type must be text"),
+        ({"annotations": [annotation(ranker(5))]}, "ranker value is not a list of candidate ids"),
+        ({"annotations": [annotation(ranker(ids[:1]))]}, "ranker ranks 1 candidate(s)"),
+        ({"annotations": [annotation(ranker({"best": ids[0], "worst": ids[1]}))]}, "must be lists"),
+        ({"annotations": [annotation(ranker([{"id": ids[0]}, ids[1]]))]}, "ranker item must be text, got dict"),
+        ({"annotations": [annotation(ranker(ids), {"type": "textarea", "value": {"text": 5}})]},
+         "result 2 ('textarea'): text must be a string or a list of strings, got int"),
+        ({"annotations": [annotation(ranker(ids), {"type": "textarea", "value": {"text": "z" * 2001}})]},
+         "textarea text is 2001 characters long; the limit is 2000"),
+        ({"annotations": [annotation(ranker(ids), {"type": "textarea", "value": {"text": ["z" * 1000, "z" * 1000]}})]},
+         "textarea text is 2001 characters long"),
+        ({"annotations": [annotation(ranker(ids), {**choices, "value": {"choices": ["maybe"]}})]},
+         "unknown hallucination choice 'maybe'"),
+        ({"annotations": [annotation(ranker(ids), {**choices, "value": {"choices": 5}})]}, "choices must be a list"),
+        ({"annotations": [annotation(ranker(ids), updated_at="0001-01-01T00:00:00+01:00")]},
+         f"updated_at '0001-01-01T00:00:00+01:00' {OUT_OF_RANGE}"),
+        ({"annotations": [annotation(ranker(ids), created_at=5)]}, "created_at is not an ISO 8601 time: '5'"),
+        ({"annotations": [annotation(ranker(ids), who=[1, 2])]}, "completed_by must be text, got list"),
+        ({"annotations": [annotation({"type": "pairwise", "to_name": "left,right", "value": {"selected": ["left"]}})]},
+         "selected must be text, got list"),
+        ({"annotations": [annotation(ranker(ids), {**brush_result(np.ones((2, 2), bool)), "original_width": float("inf")})]},
+         "result 2 ('brushlabels'): brush mask"),
+        ({"annotations": [annotation(ranker(ids), {**brush_result(np.ones((2, 2), bool)), "value": {"rle": "abc"}})]},
+         "brush mask"),
+        ({"data": {"sample_id": {"a": 1}}}, "data.sample_id must be text, got dict"),
+        ({"data": {"crop_box": "abcd"}, "annotations": [annotation(ranker(ids), brush_result(np.ones((2, 2), bool)))]},
+         "crop_box must be [x, y, w, h]"),
+    ]
+    for number, (change, fragment) in enumerate(bad_tasks):
+        first = number * 3 % 30                      # each case is a file of its own: instances may repeat
+        bad = ls_task(world, first + 1)
+        bad["data"].update(change.pop("data", {}))
+        bad.update(change)
+        tasks = [ls_task(world, first), bad, ls_task(world, first + 2)]
+        path = tmp_path / f"case{number}.json"
+        path.write_text(json.dumps(tasks))           # json writes inf as Infinity, which Python's json reads back
+        check_one_bad_row(store, path, "task 2", fragment)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = invoke(store, "import", str(tmp_path / "deep.json"))
+    assert result.exit_code == 2 and result.stderr.startswith("error: deep.json nests JSON too deeply")
+
+
+def test_label_studio_textarea_text_may_be_one_string(world, store, tmp_path):
+    sample = world.samples[0]
+    ids = world.candidates[sample]
+    task = ls_task(world, 0, ranker(ids), {"type": "textarea", "from_name": "description",
+                                          "value": {"text": "fur that is not there"}})
+    (tmp_path / "export.json").write_text(json.dumps([task]))
+    report = import_labels(store, tmp_path / "export.json")
+    assert report.rejected == [] and report.labels.column("description").to_pylist() == ["fur that is not there"]
+
+
+def test_long_description_rejects_its_row_only(world, store, tmp_path):
+    rows = good_rows(world, 3)
+    rows[1]["description"] = BIG
+    rows[2]["description"] = "w" * 2000               # at the limit: kept whole
+    result = invoke(store, "import", str(write_csv(tmp_path / "labels.csv", rows)))
+    assert result.exit_code == 0, result.output
+    assert rejected_lines(result) == [(f"rejected line 3: {rows[1]['instance_id']}: description is {len(BIG)} "
+                                       "characters long; the limit is 2000")]
+    stored = store.read_arrow("human_labels@v1").column("description").to_pylist()
+    assert sorted(stored, key=len) == ["", "w" * 2000]

@@ -45,6 +45,8 @@ DATASET = "human_labels"
 JUDGED = ["annotator", "sample_id", "instance_id", "best", "worst", "hallucination", "description", "mask"]
 # Rejections (and, separately, duplicates) listed in the manifest; the rest are counted.
 MANIFEST_LISTED = 1000
+# Longest id a note shows whole: an offending "id" may be any text of the file.
+SHOWN_ID = 80
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,12 @@ class LabelNote:
     """A label of the file that did not become a new row, and why."""
 
     where: str    # "line 7", "row 3", "task 2 (id 14)", "(merge)"
-    id: str       # the offending id
+    id: str       # the offending id (cut to SHOWN_ID characters, with its length)
     reason: str
+
+    def __post_init__(self):
+        if len(self.id) > SHOWN_ID:
+            object.__setattr__(self, "id", f"{self.id[:SHOWN_ID - 20]}... ({len(self.id)} characters)")
 
     def __str__(self) -> str:
         return f"{self.where}: {self.id}: {self.reason}"

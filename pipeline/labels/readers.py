@@ -24,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.labels.label_studio import read_tasks
-from pipeline.labels.records import LabelFileError, RawLabel, from_mapping
+from pipeline.labels.records import LabelFileError, Problem, RawLabel, from_mapping
 
 FORMATS = ("auto", "csv", "parquet", "label-studio")
 REQUIRED_COLUMNS = ("sample_id", "best", "worst")
 TEMPLATE_COLUMNS = ("sample_id", "instance_id", "best", "worst", "hallucination", "description", "annotator")
+READ_COLUMNS = (*TEMPLATE_COLUMNS, "mask", "labelled_at")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
                ".json": "label-studio"}
 
@@ -48,8 +49,13 @@ def detect_format(path: Path) -> str:
 
 
 def _check_columns(columns, path: Path) -> dict[str, str]:
-    """{normalised name: name in the file}; raises if a required column is missing."""
+    """{normalised name: name in the file}; raises if a required column is missing or a column
+    the importer reads appears twice (which of the two to believe cannot be told)."""
     names = {str(column).strip().lower(): column for column in columns if column is not None}
+    read = [str(column).strip().lower() for column in columns if str(column).strip().lower() in READ_COLUMNS]
+    twice = sorted({name for name in read if read.count(name) > 1})
+    if twice:
+        raise LabelFileError(f"{path.name}: column(s) {', '.join(twice)} appear more than once")
     missing = [column for column in REQUIRED_COLUMNS if column not in names]
     if missing:
         raise LabelFileError(f"{path.name}: missing column(s) {', '.join(missing)} "
@@ -59,13 +65,17 @@ def _check_columns(columns, path: Path) -> dict[str, str]:
 
 def read_csv(path: Path, annotator: str | None = None) -> list[RawLabel]:
     """Labels of a CSV (comma, semicolon or tab separated; UTF-8, with or without BOM).
-    `where` is the file's line number (the header is line 1)."""
+    `where` is the file's line number (the header is line 1), or its lines ("lines 4-6") for a
+    row with quoted line breaks. A row the csv module cannot split is a label with `problem`."""
     try:
         content = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise LabelFileError(f"{path.name} is not UTF-8 text: {exc}") from None
     header = content.split("\n", 1)[0]
     delimiter = max(",;\t", key=header.count)
+    # csv refuses fields over 128 KiB by default and stops there; the file is in memory already,
+    # so no field of it is too long to read (a description over the limit is rejected by its row).
+    csv.field_size_limit(max(csv.field_size_limit(), len(content) + 1))
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     try:
         columns = next(reader)
@@ -83,11 +93,14 @@ def read_csv(path: Path, annotator: str | None = None) -> list[RawLabel]:
         except StopIteration:
             break
         except csv.Error as exc:
-            raise LabelFileError(f"{path.name} line {start}: {exc}") from None
+            labels.append(RawLabel(f"line {start}", problem=Problem(f"not a CSV row: {exc}", "-")))
+            continue
         if not any(cell.strip() for cell in cells):
             continue
+        # A quoted field may span lines (or, unterminated, swallow the rest of the file): say so.
+        where = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
         row = {name: cells[index] if index < len(cells) else None for name, index in position.items()}
-        labels.append(from_mapping(f"line {start}", row, annotator))
+        labels.append(from_mapping(where, row, annotator))
     return labels
 
 
@@ -98,8 +111,32 @@ def read_parquet(path: Path, annotator: str | None = None) -> list[RawLabel]:
     except pa.ArrowException as exc:
         raise LabelFileError(f"{path.name} is not a readable Parquet file: {exc}") from None
     names = _check_columns(table.column_names, path)
-    table = table.select(list(names.values())).rename_columns(list(names))
-    return [from_mapping(f"row {index}", row, annotator) for index, row in enumerate(table.to_pylist(), start=1)]
+    columns, problems = {}, {}
+    for name, original in names.items():
+        columns[name] = _column_values(table.column(original), name, problems)
+    labels = []
+    for index in range(table.num_rows):
+        label = from_mapping(f"row {index + 1}", {name: values[index] for name, values in columns.items()}, annotator)
+        label.problem = problems.get(index, label.problem)
+        labels.append(label)
+    return labels
+
+
+def _column_values(column: pa.ChunkedArray, name: str, problems: dict[int, Problem]) -> list:
+    """The Python values of a Parquet column; a cell Python cannot hold (a timestamp past the
+    year 9999) is None there and a Problem of its row in `problems`."""
+    try:
+        return column.to_pylist()
+    except (ArithmeticError, ValueError, pa.ArrowException):
+        pass
+    values = []
+    for index in range(len(column)):
+        try:
+            values.append(column[index].as_py())
+        except (ArithmeticError, ValueError, pa.ArrowException) as exc:
+            problems.setdefault(index, Problem(f"{name} cannot be read: {exc}"))
+            values.append(None)
+    return values
 
 
 def read_label_studio(path: Path, annotator: str | None = None) -> tuple[list[RawLabel], int]:
@@ -108,6 +145,8 @@ def read_label_studio(path: Path, annotator: str | None = None) -> tuple[list[Ra
         tasks = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LabelFileError(f"{path.name} is not JSON: {exc}") from None
+    except RecursionError:
+        raise LabelFileError(f"{path.name} nests JSON too deeply to be a Label Studio export") from None
     return read_tasks(tasks, annotator, name=path.name)
 
 

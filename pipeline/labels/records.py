@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from datetime import time as dt_time
 
 import numpy as np
 
 from dspo_core.segment import rle
 
+# The longest description a label may carry, in characters after surrounding blanks are stripped:
+# one limit for every path (CSV/TSV, Parquet, Label Studio JSON, the labelling app). A longer
+# one is a rejected label, never a truncated one.
+DESCRIPTION_LIMIT = 2000
+# How much of an offending value a message quotes.
+QUOTED = 40
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "t"})
 FALSE_WORDS = frozenset({"false", "0", "no", "n", "f", ""})
 
@@ -61,14 +68,33 @@ class RawLabel:
         return self.instance_id or self.sample_id or "-"
 
 
-def text(value) -> str | None:
-    """A cell as stripped text; None for null, NaN and empty cells."""
+def text(value, field: str = "value") -> str | None:
+    """A cell as stripped text; None for null, NaN and empty cells. Numbers become their text
+    (Label Studio user ids are numbers); a list or object is a Problem naming `field`."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
+    elif not isinstance(value, (str, int, float, np.number, np.str_)):
+        raise Problem(f"{field} must be text, got {type(value).__name__} {quoted(value)}")
     value = str(value).strip()
     return value or None
+
+
+def quoted(value) -> str:
+    """`value` for a message: its repr, cut to QUOTED characters (with its full length)."""
+    shown = repr(value) if isinstance(value, str) else repr(str(value))
+    if len(shown) <= QUOTED + 2:
+        return shown
+    return f"{shown[:QUOTED]}... ({len(str(value))} characters)"
+
+
+def description(value, field: str = "description") -> str:
+    """A description as stripped text ("" for none); Problem if over DESCRIPTION_LIMIT."""
+    found = text(value, field) or ""
+    if len(found) > DESCRIPTION_LIMIT:
+        raise Problem(f"{field} is {len(found)} characters long; the limit is {DESCRIPTION_LIMIT}")
+    return found
 
 
 def boolean(value, column: str = "hallucination") -> bool:
@@ -79,26 +105,34 @@ def boolean(value, column: str = "hallucination") -> bool:
         return bool(value)
     if isinstance(value, float) and value in (0.0, 1.0):
         return bool(value)
-    word = (text(value) or "").lower()
+    word = (text(value, column) or "").lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
         return False
-    raise Problem(f"{column} must be true/false/1/0/yes/no, got {str(value)[:40]!r}")
+    raise Problem(f"{column} must be true/false/1/0/yes/no, got {quoted(value)}")
 
 
-def timestamp(value) -> datetime | None:
-    """An ISO 8601 string or datetime as an aware UTC datetime (naive ones are taken as UTC)."""
-    if value is None or value == "":
+def timestamp(value, field: str = "labelled_at") -> datetime | None:
+    """An ISO 8601 string or datetime as an aware UTC datetime (naive ones are taken as UTC).
+    Problem for anything else, and for a time that has no UTC equivalent (year 1 at +01:00)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if hasattr(value, "to_pydatetime"):
-        value = value.to_pydatetime()
-    if not isinstance(value, datetime):
-        try:
-            value = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise Problem(f"labelled_at is not an ISO 8601 time: {str(value)[:40]!r}") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    given = value
+    try:
+        if hasattr(value, "to_pydatetime"):
+            value = value.to_pydatetime()
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime.combine(value, dt_time())
+        elif not isinstance(value, datetime):
+            if not isinstance(value, str):
+                raise TypeError
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        raise Problem(f"{field} {quoted(given)} lies outside the years 1-9999 in UTC") from None
+    except (TypeError, ValueError):
+        raise Problem(f"{field} is not an ISO 8601 time: {quoted(given)}") from None
 
 
 def coco_mask(value) -> dict | None:
@@ -109,8 +143,8 @@ def coco_mask(value) -> dict | None:
         if isinstance(value, str):
             value = json.loads(value)
         rle.area(value)  # checks the size and that the counts add up
-    except (ValueError, TypeError) as exc:
-        raise Problem(f"mask is not a COCO RLE: {exc}") from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise Problem(f"mask is not a COCO RLE: {str(exc)[:120]}") from None
     counts = value["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")
@@ -120,14 +154,14 @@ def coco_mask(value) -> dict | None:
 
 
 def from_mapping(where: str, row: dict, default_annotator: str | None = None) -> RawLabel:
-    """A RawLabel from a CSV/Parquet row with the importer's columns (see pipeline.labels)."""
-    label = RawLabel(
-        where=where, sample_id=text(row.get("sample_id")), instance_id=text(row.get("instance_id")),
-        best=text(row.get("best")), worst=text(row.get("worst")),
-        description=text(row.get("description")) or "",
-        annotator=text(row.get("annotator")) or default_annotator,
-    )
+    """A RawLabel from a CSV/Parquet row with the importer's columns (see pipeline.labels); a
+    malformed cell sets `problem`, naming its column."""
+    label = RawLabel(where=where)
     try:
+        for name in ("sample_id", "instance_id", "best", "worst"):
+            setattr(label, name, text(row.get(name), name))
+        label.annotator = text(row.get("annotator"), "annotator") or default_annotator
+        label.description = description(row.get("description"))
         label.hallucination = boolean(row.get("hallucination"))
         label.mask = coco_mask(row.get("mask"))
         label.labelled_at = timestamp(row.get("labelled_at"))

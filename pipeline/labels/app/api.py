@@ -33,7 +33,10 @@ class LabelIn(BaseModel):
     best: str = Field(min_length=1, max_length=MAX_ID, description="Candidate id judged best.")
     worst: str = Field(min_length=1, max_length=MAX_ID, description="Candidate id judged worst.")
     hallucination: bool = Field(False, description="The worst candidate hallucinates in this instance.")
-    description: str = Field("", max_length=20_000, description="Required when hallucination is true.")
+    # Its length is checked with the import path's limit once stripped (LabelBook.submit); the
+    # request gate bounds the body.
+    description: str = Field("", description="Required when hallucination is true; at most DESCRIPTION_LIMIT "
+                                             "characters.")
     annotator: str | None = Field(None, description="Optional; must be the caller.")
 
 

@@ -2,14 +2,20 @@
 
 Submitted labels are checked at once (so the annotator sees a mistake immediately) by the
 import path's rules (dspo_core.label_rules for best != worst and one judgement per annotator
-and instance: the same label again is accepted once, another one is refused with 409), kept in
-memory, and published as a new `human_labels` version through pipeline.labels.import_rows (the
-import path's rules and concurrent-import merge) when `batch_size` labels wait, when the oldest
-has waited `batch_seconds`, and when the app stops. A process killed between batches loses at
-most the labels of the last window; a restarted app reads `human_labels@latest` and resumes
-every annotator's queue after what was published. If the store refuses the last publish on the
-way out, the waiting labels are written to `<state_dir>/unpublished-<time>.csv`, a file
-`dspo labels import` takes as it is.
+and instance: the same label again is accepted once, another one is refused with 409;
+DESCRIPTION_LIMIT of pipeline.labels.records), written to the journal (pipeline.labels.app.
+journal: appended and fsynced before the 201), and published as a new `human_labels` version
+through pipeline.labels.import_rows (the import path's rules and concurrent-import merge) when
+`batch_size` labels wait, when the oldest has waited `batch_seconds`, and when the app stops;
+the journal then keeps only what is still unpublished.
+
+A killed process loses no acknowledged label: a restarted app reads `human_labels@latest`,
+then the journal, and publishes every journalled label not published yet (those published
+already are skipped, so none is published twice). A journalled label that is no task of the
+pinned candidates / instances (the server was restarted on other versions) stays in the
+journal, with a warning, until a server serving those tasks starts. If the store refuses the
+last publish on the way out, the waiting labels stay in the journal and are also written to
+`<state_dir>/unpublished-<time>.csv`, a file `dspo labels import` takes as it is.
 """
 from __future__ import annotations
 
@@ -23,9 +29,11 @@ from pathlib import Path
 
 from dspo_core.label_rules import Judgement, choice_problem
 from pipeline.labels.app.config import LabelAppConfig
+from pipeline.labels.app.journal import Journal
 from pipeline.labels.app.tasks import TaskList
 from pipeline.labels.importer import DATASET, import_rows, label_id
 from pipeline.labels.readers import TEMPLATE_COLUMNS
+from pipeline.labels.records import DESCRIPTION_LIMIT
 from storage import DatasetNotFoundError, DatasetStore
 
 log = logging.getLogger("pipeline.labels.app")
@@ -62,9 +70,25 @@ class Label:
                 "worst": self.worst, "hallucination": self.hallucination, "description": self.description,
                 "annotator": self.annotator, "labelled_at": self.labelled_at}
 
+    @property
+    def key(self) -> tuple[str, str, str | None]:
+        """(annotator, sample_id, instance_id): one judgement per key."""
+        return self.annotator, self.sample_id, self.instance_id
+
     def judgement(self) -> Judgement:
         """What the label says: equal judgements make a duplicate (dspo_core.label_rules)."""
         return Judgement.of(self.best, self.worst, self.hallucination, self.description)
+
+    def entry(self) -> dict:
+        """The label as a journal entry (JSON types)."""
+        return {**self.row(), "labelled_at": self.labelled_at.isoformat()}
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> Label:
+        """The label of a journal entry; KeyError, TypeError or ValueError if it is not one."""
+        return cls(str(entry["annotator"]), str(entry["sample_id"]), entry["instance_id"], str(entry["best"]),
+                   str(entry["worst"]), bool(entry["hallucination"]), str(entry["description"]),
+                   datetime.fromisoformat(entry["labelled_at"]))
 
 
 class LabelBook:
@@ -73,7 +97,9 @@ class LabelBook:
     Args:
         store: the dataset store the labels are published to.
         tasks: the pinned task list labels must fit.
-        config: batch_size, batch_seconds and max_description are used.
+        config: batch_size, batch_seconds and state_dir (the journal's folder) are used.
+
+    Raises StateInUse (an OSError) if another server journals into the same state folder.
     """
 
     def __init__(self, store: DatasetStore, tasks: TaskList, config: LabelAppConfig):
@@ -92,7 +118,14 @@ class LabelBook:
         self.published_ref: str | None = None
         self.last_error: str | None = None
         self.published_count = 0               # labels this process published
-        self._load()
+        self._held: list[dict] = []            # journal entries that are no task of this server
+        self._journal = Journal(config.state_dir)
+        try:
+            self._load()
+            self._replay()
+        except BaseException:
+            self._journal.close()
+            raise
 
     def _load(self) -> None:
         try:
@@ -104,8 +137,44 @@ class LabelBook:
         for row in self._store.read_arrow(ref, columns=columns).to_pylist():
             label = Label(row["annotator"], row["sample_id"], row["instance_id"], row["best"], row["worst"],
                           bool(row["hallucination"]), row["description"] or "", row["labelled_at"])
-            self.labels.setdefault((label.annotator, label.sample_id, label.instance_id), label)
+            self.labels.setdefault(label.key, label)
         self.published_ref = ref
+
+    def _replay(self) -> None:
+        """Queue the journalled labels that are not published yet (module doc), and rewrite the
+        journal to hold just those (which also drops a line a crash cut short)."""
+        for entry in self._journal.replay():
+            try:
+                label = Label.from_entry(entry)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("journal entry kept, not published: it is not a label (%s: %s)", type(exc).__name__, exc)
+                self._held.append(entry)
+                continue
+            standing = self.labels.get(label.key)
+            if standing is not None:
+                if standing.judgement() != label.judgement():
+                    # Another import published another label of this annotator and instance first: it stands.
+                    log.warning("journalled label not published: %s labelled instance %s otherwise in %s: %s",
+                                label.annotator, label.instance_id, self.published_ref,
+                                standing.judgement().differences(label.judgement()))
+                continue
+            task = self._tasks.by_id.get(label.instance_id or "")
+            if task is None or task.sample_id != label.sample_id or not {label.best, label.worst} <= set(task.candidates):
+                self._held.append(entry)
+                continue
+            self.labels[label.key] = label
+            self.pending.append(label)
+        if self._held:
+            log.warning("%d journalled label(s) are no task of %s / %s: kept in %s until a server with their tasks "
+                        "starts", len(self._held), self._tasks.candidates_ref, self._tasks.instances_ref,
+                        self._journal.path)
+        if self.pending:
+            self._oldest = time.monotonic()
+            log.info("%d acknowledged label(s) from the journal wait to be published", len(self.pending))
+        self._journal.rewrite(self._unpublished())
+
+    def _unpublished(self) -> list[dict]:
+        return [label.entry() for label in self.pending] + self._held
 
     def done(self, annotator: str) -> set[str]:
         """Instance ids `annotator` has labelled (published or waiting)."""
@@ -135,19 +204,24 @@ class LabelBook:
         description = description.strip()
         if hallucination and not description:
             raise LabelError(422, "describe the hallucination: what does the worst candidate invent or distort?")
-        if len(description) > self._config.max_description:
-            raise LabelError(422, f"description longer than {self._config.max_description} characters")
+        if len(description) > DESCRIPTION_LIMIT:
+            raise LabelError(422, f"description longer than {DESCRIPTION_LIMIT} characters")
         label = Label(annotator, task.sample_id, instance_id, best, worst, hallucination, description,
                       datetime.now(timezone.utc))
         with self._lock:
-            key = (annotator, task.sample_id, instance_id)
-            standing = self.labels.get(key)
+            standing = self.labels.get(label.key)
             if standing is not None:
                 if standing.judgement() == label.judgement():
                     return standing, False      # the same label again (a form sent twice): accepted once
                 raise LabelError(409, f"{annotator} already labelled instance {instance_id} otherwise: "
                                       f"{standing.judgement().differences(label.judgement())}")
-            self.labels[key] = label
+            try:
+                self._journal.append(label.entry())
+            except OSError as exc:
+                log.exception("could not journal a label of %s", annotator)
+                raise LabelError(503, f"the label could not be recorded ({exc.strerror or exc}); it was not "
+                                      "accepted, send it again") from None
+            self.labels[label.key] = label
             self.pending.append(label)
             self._oldest = self._oldest or time.monotonic()
             full = len(self.pending) >= self._config.batch_size
@@ -178,6 +252,12 @@ class LabelBook:
                 log.warning("label not published: %s", rejection)
             for duplicate in report.duplicates:
                 log.info("label already published: %s", duplicate)
+            with self._lock:
+                try:
+                    self._journal.rewrite(self._unpublished())
+                except OSError:
+                    log.exception("could not shorten the journal; the labels just published in it are skipped "
+                                  "when the server starts again")
             self.last_error = None
             self.published_ref = report.ref or self.published_ref
             self.published_count += report.accepted
@@ -218,8 +298,10 @@ class LabelBook:
             self.flush()
         except Exception:
             path = self._save_unpublished()
-            log.exception("could not publish %d label(s) on exit; saved them to %s (import with `dspo labels "
-                          "import %s`)", len(self.pending), path, path)
+            log.exception("could not publish %d label(s) on exit; they stay in the journal for the next start, and "
+                          "are saved to %s (import with `dspo labels import %s`)", len(self.pending), path, path)
+        finally:
+            self._journal.close()
 
     def _save_unpublished(self) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")

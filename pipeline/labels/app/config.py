@@ -17,9 +17,10 @@ class LabelAppConfig(BaseModel):
     host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback exposes the app to the "
                                                 "network (tokens still guard it, but over plain HTTP).")
     port: int = Field(8765, ge=0, le=65535, description="Port to bind; 0 picks a free one (printed at start).")
-    state_dir: Path = Field(description="Folder of annotators.json (token hashes) and session.key (the cookie "
-                                        "signing key), both mode 0600; kept out of the store so that no "
-                                        "dataset reader sees them. The CLI's default: <project>/.dspo/label.")
+    state_dir: Path = Field(description="Folder of annotators.json (token hashes), sessions.json (login "
+                                        "sessions), session.key (the CSRF key) and labels.journal (accepted "
+                                        "labels not yet published), all mode 0600; kept out of the store so that "
+                                        "no dataset reader sees them. The CLI's default: <project>/.dspo/label.")
     candidates: str = Field("sr_candidates@latest", description="Candidates shown, pinned at start.")
     instances: str = Field("instances@latest", description="Instances to label, pinned at start.")
     lq_pairs: str | None = Field(None, description="LQ/HR crops shown for reference; default: the lq_pairs "
@@ -30,11 +31,11 @@ class LabelAppConfig(BaseModel):
     show_hr: bool = Field(True, description="Show the HR crop for reference; False: annotators judge the "
                                              "candidates against the LQ input only.")
     batch_size: int = Field(20, ge=1, description="Publish a human_labels version once this many labels wait.")
-    batch_seconds: float = Field(30.0, gt=0, description="... or once the oldest waiting label is this old: a "
-                                                         "killed server loses at most this window.")
+    batch_seconds: float = Field(30.0, gt=0, description="... or once the oldest waiting label is this old. "
+                                                         "Waiting labels are journalled: a killed server loses "
+                                                         "none, its successor publishes them.")
     session_hours: float = Field(12.0, gt=0, description="Lifetime of a login cookie.")
     cache_samples: int = Field(8, ge=1, description="Decoded samples (HR, LQ, N candidates) kept in memory.")
-    max_description: int = Field(2000, ge=1, description="Longest hallucination description accepted.")
 
     @field_validator("host")
     @classmethod

@@ -1,7 +1,7 @@
 """The server-rendered pages: login, the task view, the stats page, plus crops and static files.
 
     GET  /login, POST /login (token + login CSRF)  -> the session cookie, then /
-    POST /logout
+    POST /logout                                   ends the session on the server, not only the cookie
     GET  /                                         the next task of the logged-in annotator
     POST /label, POST /skip                        form posts (CSRF), then back to /
     GET  /stats
@@ -20,6 +20,7 @@ from pipeline.labels.app.api import publishing
 from pipeline.labels.app.book import LabelError
 from pipeline.labels.app.stats import compute
 from pipeline.labels.app.web import LOGIN_COOKIE, SESSION_COOKIE, Identity, LabelApp
+from pipeline.labels.records import DESCRIPTION_LIMIT
 
 SEE_OTHER = 303
 
@@ -49,7 +50,8 @@ def page_routes(app: LabelApp) -> APIRouter:
         """The task `instance_id` (a refused label's, shown again with its choices), else the next one."""
         task = app.tasks.by_id.get(instance_id or "") or app.next_task(identity.annotator)
         context = {"me": app.progress(identity.annotator), "csrf": _csrf(app, identity),
-                   "task": app.task_data(task) if task else None, "error": error, "chosen": chosen or {}}
+                   "task": app.task_data(task) if task else None, "error": error, "chosen": chosen or {},
+                   "max_description": DESCRIPTION_LIMIT}
         return render(request, "task.html", context, status_code=status)
 
     @router.get("/login")
@@ -74,6 +76,8 @@ def page_routes(app: LabelApp) -> APIRouter:
     def logout(request: Request, csrf: str = Form("")) -> Response:
         identity = app.identify(request)
         app.check_csrf(identity, request, csrf)
+        if identity.session is not None:
+            app.sessions.end(identity.session)
         response = RedirectResponse("/login", status_code=SEE_OTHER)
         response.delete_cookie(SESSION_COOKIE)
         return response

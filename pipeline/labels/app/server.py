@@ -1,13 +1,15 @@
 """The ASGI app and its server: `create_app` for tests and embedding, `serve` for the CLI.
 
-The app loads its tasks and the known labels before it binds, starts the label publisher when
-it starts and publishes what waits when it stops (uvicorn stops it on SIGINT / SIGTERM).
-Responses carry a strict Content-Security-Policy (scripts and styles from /static only), deny
-framing and are not cached, except crops (private, by immutable ids).
+The app loads its tasks and the known labels (published, and journalled but not yet
+published) before it binds, starts the label publisher when it starts and publishes what waits
+when it stops (uvicorn stops it on SIGINT / SIGTERM). Requests pass the gate first
+(pipeline.labels.app.gate: authenticated before their body is read, bodies capped). Responses
+carry a strict Content-Security-Policy (scripts and styles from /static only), deny framing
+and are not cached, except crops (private, by immutable ids). Logs never show query strings
+(pipeline.labels.app.logs).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 from collections.abc import Callable
@@ -15,11 +17,13 @@ from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from pipeline.labels.app.api import api_routes
 from pipeline.labels.app.config import LabelAppConfig
-from pipeline.labels.app.pages import SEE_OTHER, page_routes
+from pipeline.labels.app.gate import RequestGate, unauthenticated, wants_json
+from pipeline.labels.app.logs import log_config
+from pipeline.labels.app.pages import page_routes
 from pipeline.labels.app.web import Forbidden, LabelApp, NotAuthenticated
 from storage import DatasetStore
 
@@ -31,10 +35,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-
-
-def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith(("/api/", "/img/")) or "authorization" in request.headers
 
 
 def create_app(store: DatasetStore, config: LabelAppConfig) -> FastAPI:
@@ -57,15 +57,16 @@ def create_app(store: DatasetStore, config: LabelAppConfig) -> FastAPI:
 
     @app.exception_handler(NotAuthenticated)
     async def not_authenticated(request: Request, exc: NotAuthenticated) -> Response:
-        if _wants_json(request):
-            return JSONResponse({"detail": exc.reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return RedirectResponse("/login", status_code=SEE_OTHER)
+        return unauthenticated(request, exc)
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> Response:
-        if _wants_json(request):
+        if wants_json(request):
             return JSONResponse({"detail": exc.reason}, status_code=403)
         return PlainTextResponse(exc.reason, status_code=403)
+
+    # Added before the headers middleware, so it runs inside it: its refusals get the headers too.
+    app.add_middleware(RequestGate, labelling=labelling)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -76,14 +77,6 @@ def create_app(store: DatasetStore, config: LabelAppConfig) -> FastAPI:
         return response
 
     return app
-
-
-def _log_config() -> dict:
-    """uvicorn's logging, plus the app's own logger (publishes, failures) and the store's warnings."""
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["loggers"]["pipeline.labels.app"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config["loggers"]["storage"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
-    return config
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -107,5 +100,5 @@ def serve(store: DatasetStore, config: LabelAppConfig, say: Callable[[str], None
         f"as human_labels every {config.batch_size} labels or {config.batch_seconds:g} s, and on exit)")
     if not config.loopback:
         say(f"warning: bound to {config.host}, reachable from other machines over plain HTTP")
-    server = uvicorn.Server(uvicorn.Config(app, log_config=_log_config(), timeout_graceful_shutdown=10))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=log_config(), timeout_graceful_shutdown=10))
     server.run(sockets=[sock])

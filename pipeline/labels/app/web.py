@@ -15,10 +15,11 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
-from pipeline.labels.app.auth import Annotators, Session, Sessions
+from pipeline.labels.app.auth import Annotators
 from pipeline.labels.app.book import LabelBook
 from pipeline.labels.app.config import LabelAppConfig
 from pipeline.labels.app.images import Crops
+from pipeline.labels.app.sessions import Session, Sessions
 from pipeline.labels.app.tasks import Task, TaskList
 from storage import DatasetStore
 
@@ -70,12 +71,13 @@ class LabelApp:
         self.config = config
         self.store = store
         self.tasks = TaskList(store, config)
-        self.book = LabelBook(store, self.tasks, config)
         self.crops = Crops(store, self.tasks, config.cache_samples, config.show_hr)
         self.annotators = Annotators(config.state_dir)
         self.sessions = Sessions(config.state_dir, self.annotators, int(config.session_hours * 3600))
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.static = {name: ((HERE / "static" / name).read_bytes(), media) for name, media in STATIC.items()}
+        # Last: it takes the state folder's journal, which only its `stop` gives back.
+        self.book = LabelBook(store, self.tasks, config)
         # Per annotator, instances skipped in this process (in skip order); not persisted.
         self.skipped: dict[str, dict[str, None]] = {}
 
