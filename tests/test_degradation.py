@@ -17,7 +17,7 @@ from dspo_core.degradation import (
     KernelParams,
     apply,
     build_kernel,
-    crop_size,
+    crop_padding,
     degrade,
     ops,
     replay,
@@ -159,7 +159,7 @@ def test_sampled_parameters_stay_in_range_and_match_probabilities():
     kinds, sizes, counts = [], [], dict.fromkeys(
         ["sinc1", "blur2", "sinc2", "final_sinc", "order", "gauss1", "gray1", "up1", "down1", "up2", "down2"], 0)
     for p in records:
-        assert 0 <= p.crop.top <= 600 - 512 and 0 <= p.crop.left <= 700 - 512 and not p.crop.reduced
+        assert 0 <= p.crop.top <= 600 - 512 and 0 <= p.crop.left <= 700 - 512 and not p.crop.padded
         s1, s2, final = p.stage1, p.stage2, p.final
         _check_kernel(s1.blur, CONFIG.blur_sigma, CONFIG.betag_range, CONFIG.betap_range)
         _check_resize(s1.resize, CONFIG.resize_range)
@@ -270,29 +270,82 @@ def test_usm_sharpens_hr_and_replays(photos):
 # ----------------------------------------------------------------------------- sizes
 
 
-def test_odd_hr_smaller_than_crop_gives_largest_fitting_multiple(photos):
+def _reflect_101_reference(image, bottom, right):
+    """cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_REFLECT_101): BasicSR's call."""
+    cv2 = pytest.importorskip("cv2")
+    return cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_REFLECT_101)
+
+
+def test_hr_shorter_than_crop_is_padded_at_the_bottom_like_basicsr(photos):
     hr = np.ascontiguousarray(photos["coffee"][:333, :517])
     hr_crop, lq, params = degrade(hr, CONFIG, 5)
-    assert (params.crop.height, params.crop.width) == (332, 512) and params.crop.reduced
-    assert hr_crop.shape == (332, 512, 3) and lq.shape == (83, 128, 3)
     c = params.crop
-    assert np.array_equal(hr_crop, hr[c.top:c.top + c.height, c.left:c.left + c.width])  # a crop, never resampled
+    assert (c.top, c.height, c.width, c.pad_bottom, c.pad_right) == (0, 512, 512, 179, 0) and c.padded
+    assert hr_crop.shape == (512, 512, 3) and lq.shape == (128, 128, 3)
+    assert 0 <= c.left <= 517 - 512
+    expected = _reflect_101_reference(hr, 179, 0)[:, c.left:c.left + 512]  # BasicSR: pad, then crop
+    assert np.array_equal(hr_crop, expected)
+    assert np.array_equal(hr_crop[:333], hr[:, c.left:c.left + 512])  # the photographed rows, untouched
+    assert np.array_equal(replay(params.to_json(), hr)[1], lq)
+
+
+@pytest.mark.parametrize("size, pads", [((50, 61), (462, 451)), ((1, 700), (511, 0)), ((900, 7), (0, 505)),
+                                        ((512, 100), (0, 412))])
+def test_small_hr_is_padded_never_upsampled(photos, size, pads):
+    hr = np.ascontiguousarray(np.tile(photos["chelsea"], (2, 2, 1))[:size[0], :size[1]])
+    for crop_mode in ("center", "random"):
+        config = DegradationConfig(crop_mode=crop_mode)
+        assert crop_padding(config, size) == pads
+        hr_crop, lq, params = degrade(hr, config, 2)
+        c = params.crop
+        assert hr_crop.shape == (512, 512, 3) and lq.shape == (128, 128, 3)
+        assert (c.pad_bottom, c.pad_right) == pads
+        expected = _reflect_101_reference(hr, *pads)[c.top:c.top + 512, c.left:c.left + 512]
+        assert np.array_equal(hr_crop, expected)
+        assert np.array_equal(replay(params.to_dict(), hr)[1], lq)
+    with pytest.raises(ValueError, match="HR image 0x40 has no pixels"):
+        sample_params(CONFIG, 0, (0, 40))
 
 
 def test_odd_hr_larger_than_crop(photos):
     hr = np.ascontiguousarray(np.concatenate([photos["coffee"], photos["coffee"][::-1]], axis=0)[:601, :577])
     hr_crop, lq, params = degrade(hr, CONFIG, 9)
-    assert hr_crop.shape == (512, 512, 3) and lq.shape == (128, 128, 3) and not params.crop.reduced
+    assert hr_crop.shape == (512, 512, 3) and lq.shape == (128, 128, 3) and not params.crop.padded
+    c = params.crop
+    assert np.array_equal(hr_crop, hr[c.top:c.top + 512, c.left:c.left + 512])  # a crop, never resampled
 
 
-def test_small_hr_is_never_upsampled(photos):
-    hr = np.ascontiguousarray(photos["chelsea"][:50, :61])
-    hr_crop, lq, _ = degrade(hr, DegradationConfig(crop_mode="center"), 2)
-    assert hr_crop.shape == (48, 60, 3) and lq.shape == (12, 15, 3)
-    assert np.array_equal(hr_crop, hr[1:49, 0:60])
-    assert crop_size(CONFIG, (300, 451)) == (300, 448)
-    with pytest.raises(ValueError, match=r"HR image 13x40 is too small.*at least 16x16"):
-        sample_params(CONFIG, 0, (13, 40))
+def test_pad_reflect_101_matches_opencv():
+    rng = np.random.default_rng(0)
+    for height, width, bottom, right in ((5, 4, 3, 0), (5, 4, 0, 9), (1, 3, 6, 2), (2, 2, 17, 17), (7, 3, 0, 0)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        padded = ops.pad_reflect_101(image, bottom, right)
+        assert np.array_equal(padded, _reflect_101_reference(image, bottom, right))
+    assert ops.reflect_101_indices(4, 0, 3).tolist() == [0, 1, 2, 3, 2, 1, 0]  # dcb|abcd|cba, no edge repeat
+
+
+def test_inconsistent_crop_box_is_refused(photos):
+    hr = np.ascontiguousarray(photos["coffee"][:300])  # 300 x 600: padded 212 rows for gt_size 512
+    params = sample_params(CONFIG, 1, hr.shape[:2])
+    shifted = dataclasses.replace(params, crop=dataclasses.replace(params.crop, top=5))
+    with pytest.raises(ValueError, match="does not fit the 300x600 image padded by 212 rows"):
+        apply(hr, shifted)
+
+
+def test_version_1_records_still_replay(photos):
+    """Rows written before padding (record version 1: no pads, a `reduced` flag) replay as they did."""
+    hr = photos["astronaut"]
+    params = sample_params(CONFIG, 4, hr.shape[:2])
+    v1 = params.to_dict()
+    v1["version"] = 1
+    v1["crop"] = {key: v1["crop"][key] for key in ("top", "left", "height", "width")} | {"reduced": False}
+    assert DegradationParams.from_dict(v1) == params
+    assert np.array_equal(replay(json.dumps(v1), hr)[1], apply(hr, params)[1])
+    small = np.ascontiguousarray(photos["coffee"][:333, :517])  # v1 shrank this crop to 332 x 512
+    shrunk = {**v1, "hr_height": 333, "hr_width": 517,
+              "crop": {"top": 1, "left": 3, "height": 332, "width": 512, "reduced": True}}
+    hr_crop, lq = replay(shrunk, small)
+    assert np.array_equal(hr_crop, small[1:333, 3:515]) and lq.shape == (83, 128, 3)
 
 
 def test_center_crop_and_input_checks(photos):
@@ -363,6 +416,7 @@ def test_config_defaults_are_real_esrgan():
     ({"resize_range2": (0.3, 0.9)}, "resize_range2 must satisfy"),
     ({"jpeg_range": (30, 101)}, "jpeg_range: upper bound 101 is above the maximum 100"),
     ({"gt_size": 510}, "gt_size 510 must be a multiple of scale 4"),
+    ({"gt_size": 12}, r"gt_size 12 is too small.*at least 16"),
     ({"sinc_prob": 1.5}, "sinc_prob"),
     ({"crop_mode": "corner"}, "crop_mode"),
     ({"blur_sigma3": (0.2, 3.0)}, r"blur_sigma3\s+Extra inputs are not permitted"),

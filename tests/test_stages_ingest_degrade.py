@@ -118,6 +118,35 @@ def test_degrade_rows_replay_exactly(tmp_path):
         assert json.loads(row["degradation_params"])["seed"] == row["seed"]
 
 
+def test_degrade_pads_sources_smaller_than_gt_size_and_records_it(mixed_folder, tmp_path):
+    store = DatasetStore(str(tmp_path / "store"))
+    config = load_config("test", {"ingest.source": str(mixed_folder), "ingest.max_pixels": 4_000_000})
+    run_stage(STAGES["ingest"], store, config)
+    result = run_stage(STAGES["degrade"], store, config)
+    gt_size = config.degrade.degradation.gt_size  # 128: the 150 x 100 cat and the 120 x 200 coffee are smaller
+    sources = {row["image_id"]: row for row in store.read_arrow("hr_images@latest").to_pylist()}
+    rows = store.read_arrow(result.ref).to_pylist()
+    padded = [row for row in rows if row["pad_bottom"] or row["pad_right"]]
+    for row in rows:
+        source = sources[row["image_id"]]
+        assert (row["crop_height"], row["crop_width"]) == (gt_size, gt_size)
+        assert (row["pad_bottom"], row["pad_right"]) == (max(0, gt_size - source["height"]),
+                                                         max(0, gt_size - source["width"]))
+        assert bool(row["notes"]) == (row in padded)
+        hr_crop, lq = replay(row, np.asarray(decode_image(source["image"])))
+        np.testing.assert_array_equal(lq, np.asarray(decode_image(row["lq"])))
+        np.testing.assert_array_equal(hr_crop, np.asarray(decode_image(row["hr"])))
+        assert hr_crop.shape == (gt_size, gt_size, 3) and lq.shape == (gt_size // 4, gt_size // 4, 3)
+    by_source = {sources[row["image_id"]]["source"]: row for row in rows}
+    assert by_source["rotated.jpg"]["notes"] == ("padded 8 px at the right (source 120 px wide) to gt_size 128 "
+                                                 "with cv2.BORDER_REFLECT_101")
+    assert (by_source["palette.png"]["pad_bottom"], by_source["palette.png"]["pad_right"]) == (28, 0)
+    assert not by_source["alpha.png"]["notes"]  # 160 x 128: at gt_size, a plain crop
+    metadata = store.manifest(result.ref)["metadata"]
+    assert (metadata["crops"], metadata["padded_crops"]) == (len(rows), len(padded)) and len(padded) == 4
+    assert any("BORDER_REFLECT_101" in note for note in metadata["notes"]) and not metadata["quarantine"]
+
+
 def test_killed_stage_redoes_only_missing_shards(tmp_path):
     store_path = tmp_path / "store"
     store = DatasetStore(str(store_path))

@@ -26,6 +26,7 @@ from dspo_core.train import (
     DSPOTrainer,
     PairCollator,
     PairExample,
+    ShardedPairOrder,
     TrainConfig,
 )
 from dspo_core.train.checkpoint import INFO_FILE, STATE_FILE, TRAINABLE_FILE
@@ -39,17 +40,18 @@ TRAIN_PACKAGE = Path(__file__).resolve().parents[1] / "dspo_core" / "train"
 BASE = {"max_steps": 3, "batch_size": 2, "learning_rate": 1e-3, "beta": 5000.0, "seed": 0}
 
 
-def _pairs(count, seed=0, equal_weights=False):
+def _pairs(count, seed=0, equal_weights=False, size=(SIZE, SIZE), prefix="p"):
     """Pairs around the LQ: winner = nearest-upscaled LQ + small noise, loser + larger noise; one box mask each."""
     rng = np.random.default_rng(seed)
+    height, width = size
     pairs = []
     for index in range(count):
-        lq = rng.integers(0, 256, (SIZE // 4, SIZE // 4, 3), dtype=np.uint8)
+        lq = rng.integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
         base = np.kron(lq, np.ones((4, 4, 1), dtype=np.uint8)).astype(np.int16)
         winner = np.clip(base + rng.integers(-8, 9, base.shape), 0, 255).astype(np.uint8)
         loser = np.clip(base + rng.integers(-60, 61, base.shape), 0, 255).astype(np.uint8)
-        mask = np.zeros((SIZE, SIZE), bool)
-        top, left = rng.integers(0, SIZE // 2, 2)
+        mask = np.zeros((height, width), bool)
+        top, left = rng.integers(0, min(height, width) // 2, 2)
         mask[top : top + 20 + index % 7, left : left + 27] = True  # not aligned to the 8-px latent cells
         pairs.append(
             PairExample(
@@ -60,7 +62,7 @@ def _pairs(count, seed=0, equal_weights=False):
                 weight=1.0 if equal_weights else float(rng.uniform(0.2, 1.0)),
                 positive_text=f"a photo of object {index}",
                 negative_text="" if index % 3 == 0 else f"garbled texture {index}",
-                pair_id=f"p{index}",
+                pair_id=f"{prefix}{index}",
             )
         )
     return pairs
@@ -186,6 +188,85 @@ def test_resume_reproduces_the_uninterrupted_run(eps_dir, tmp_path):
 
     with pytest.raises(ValueError, match="data order"):
         _trainer(eps_dir, **{**config, "batch_size": 3}).resume(str(checkpoint))
+
+
+# ----------------------------------------------------------------------------- pairs of several sizes
+
+# Real-world pairs come in many sizes: 5 square, 2 landscape, 1 portrait (latent 8x8, 6x8, 8x6).
+MIXED = _pairs(5) + _pairs(2, seed=3, size=(48, 64), prefix="wide") + _pairs(1, seed=4, size=(64, 48), prefix="tall")
+
+
+def _size_of(pairs, step):
+    return {pairs[i].winner.shape[:2] for i in step}
+
+
+def test_order_buckets_by_size_and_leaves_no_pair_out():
+    sizes = [pair.winner.shape[:2] for pair in MIXED]
+    order = ShardedPairOrder(sizes, batch_size=2, num_processes=1, process_index=0, seed=5, shuffle=True)
+    assert [(b.height, b.width, b.pairs, b.steps_per_epoch, b.repeated_per_epoch) for b in order.buckets] == [
+        (64, 64, 5, 3, 1), (48, 64, 2, 1, 0), (64, 48, 1, 1, 1)]
+    assert order.batches_per_epoch == 5
+    for epoch in range(3):
+        steps = order.steps(epoch)
+        assert len(steps) == 5 and all(len(step) == 2 and len(_size_of(MIXED, step)) == 1 for step in steps)
+        trained = [index for step in steps for index in step]
+        assert set(trained) == set(range(len(MIXED)))  # nothing dropped
+        assert len(trained) - len(MIXED) == 2  # the square bucket's short last step and the lone portrait
+        assert [step for step in steps if _size_of(MIXED, step) == {(64, 48)}] == [[7, 7]]
+    assert order.steps(0) != order.steps(1)  # reshuffled per epoch...
+    again = ShardedPairOrder(sizes, batch_size=2, num_processes=1, process_index=0, seed=5, shuffle=True)
+    assert [again.indices(j) for j in range(15)] == [order.indices(j) for j in range(15)]  # ...deterministically
+
+    # Two processes take the two halves of the pairs one process accumulates in two micro-batches.
+    ranks = [ShardedPairOrder(sizes, 1, 2, rank, seed=5, shuffle=True) for rank in (0, 1)]
+    single = ShardedPairOrder(sizes, 1, 1, 0, seed=5, shuffle=True, accumulation=2)
+    for micro_step in range(10):
+        assert ranks[0].indices(micro_step) + ranks[1].indices(micro_step) == (
+            single.indices(2 * micro_step) + single.indices(2 * micro_step + 1))
+
+    # One size whose pairs fill whole steps: the plain sharded order of a permutation.
+    plain = ShardedPairOrder([(64, 64)] * 6, 2, 1, 0, seed=5, shuffle=True)
+    permutation = plain.permutation(1).tolist()
+    assert [plain.indices(3 + j) for j in range(3)] == [permutation[0:2], permutation[2:4], permutation[4:6]]
+
+
+def test_pairs_of_several_sizes_train_in_one_size_batches_and_resume_exactly(eps_dir, tmp_path):
+    held_out = _pairs(2, seed=8) + _pairs(1, seed=9, size=(48, 64), prefix="held-wide")
+    config = {"max_steps": 5, "eval_every": 5}
+    trainer = _trainer(eps_dir, MIXED, eval_pairs=held_out, **config)
+    lora = {name: param.detach().clone() for name, param in trainer.named_params.items()}
+    assert trainer.size_buckets() == {
+        "train": [{"height": 64, "width": 64, "pairs": 5, "steps_per_epoch": 3, "repeated_per_epoch": 1},
+                  {"height": 48, "width": 64, "pairs": 2, "steps_per_epoch": 1, "repeated_per_epoch": 0},
+                  {"height": 64, "width": 48, "pairs": 1, "steps_per_epoch": 1, "repeated_per_epoch": 1}],
+        "eval": [{"height": 48, "width": 64, "pairs": 1}, {"height": 64, "width": 64, "pairs": 2}]}
+    expected, seen = [], []
+    for _ in range(5):  # one epoch
+        expected.append(trainer.train_step())
+        step = trainer.last_pairs["index"].tolist()
+        assert len(step) == 2 and len(_size_of(MIXED, step)) == 1  # every batch is one size
+        seen += step
+    assert set(seen) == set(range(len(MIXED)))  # none dropped
+    assert len({size for step in (seen[i:i + 2] for i in range(0, 10, 2)) for size in _size_of(MIXED, step)}) == 3
+    assert all(not torch.equal(trainer.named_params[name], before) for name, before in lora.items())
+    evaluation = trainer.evaluate()  # held-out pairs of two sizes
+    assert all(math.isfinite(value) for value in evaluation.values()) and trainer.evaluate() == evaluation
+
+    first = _trainer(eps_dir, MIXED, **config)
+    for _ in range(2):
+        first.train_step()
+    first.save_checkpoint(str(tmp_path / "mixed"))
+    resumed = _trainer(eps_dir, MIXED, **config)
+    resumed.resume(str(tmp_path / "mixed"))
+    for step in range(2, 5):
+        assert resumed.train_step()["loss"] == expected[step]["loss"]  # bit-exact on the CPU
+    assert all(torch.equal(resumed.named_params[n], p) for n, p in trainer.named_params.items())
+
+
+def test_sizes_the_vae_cannot_encode_are_refused_before_training(eps_dir):
+    odd = _pairs(2, seed=5, size=(60, 64), prefix="odd")
+    with pytest.raises(ValueError, match=r"not a multiple of the VAE factor 8: 60x64 \(pairs 'odd0', 'odd1'\)"):
+        _trainer(eps_dir, PAIRS + odd)
 
 
 # ----------------------------------------------------------------------------- switches

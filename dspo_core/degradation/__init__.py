@@ -3,7 +3,8 @@
 Typical use::
 
     config = DegradationConfig()                    # Real-ESRGAN x4plus defaults, gt_size 512
-    hr_crop, lq, params = degrade(hr, config, seed)  # hr: (H, W, 3) uint8 RGB
+    hr_crop, lq, params = degrade(hr, config, seed)  # hr: (H, W, 3) uint8 RGB, any size
+    params.crop.padded                               # True where hr was below gt_size on a side
     row = {"degradation_params": params.to_json()}
     _, lq_again = replay(row, hr)                    # bit-identical to lq
 
@@ -35,7 +36,7 @@ _EXPORTS = {
     "apply": ".pipeline",
     "degrade": ".pipeline",
     "replay": ".pipeline",
-    "crop_size": ".sampling",
+    "crop_padding": ".sampling",
     "sample_params": ".sampling",
 }
 

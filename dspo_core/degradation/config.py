@@ -50,7 +50,12 @@ class DegradationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scale: int = Field(4, ge=1, description="Super-resolution factor: the LQ is the HR crop divided by this.")
-    gt_size: int = Field(512, ge=1, description="Side of the square HR crop; must be a multiple of `scale`.")
+    gt_size: int = Field(
+        512, ge=1,
+        description="Side of the square HR crop; a multiple of `scale`, at least `min_crop_size`. An image smaller "
+        "than this on a side is padded there (bottom or right, cv2.BORDER_REFLECT_101) up to it, as BasicSR's "
+        "RealESRGANDataset pads to its crop size, so every crop of every image is gt_size x gt_size.",
+    )
     crop_mode: Literal["random", "center"] = Field(
         "random", description="Where the HR crop is taken: uniformly at random or in the centre."
     )
@@ -180,6 +185,12 @@ class DegradationConfig(BaseModel):
     def _cross_field_checks(self) -> DegradationConfig:
         if self.gt_size % self.scale != 0:
             raise ValueError(f"gt_size {self.gt_size} must be a multiple of scale {self.scale}")
+        if self.gt_size < self.min_crop_size:
+            raise ValueError(
+                f"gt_size {self.gt_size} is too small: some intermediate image of the degradation would have no "
+                f"pixels; use at least {self.min_crop_size} (scale {self.scale}, resize_range "
+                f"{list(self.resize_range)}, resize_range2 {list(self.resize_range2)})"
+            )
         if self.kernel_range[1] > self.blur_kernel_size:
             raise ValueError(
                 f"kernel_range upper bound {self.kernel_range[1]} exceeds blur_kernel_size {self.blur_kernel_size}"
@@ -200,7 +211,7 @@ class DegradationConfig(BaseModel):
 
     @property
     def min_crop_size(self) -> int:
-        """Smallest HR crop side (a multiple of `scale`) whose every intermediate image has at least 1 pixel."""
+        """Smallest `gt_size` (a multiple of `scale`) whose every intermediate image has at least 1 pixel."""
         side = self.scale
         while math.floor(side * self.resize_range[0]) < 1 or int(side / self.scale * self.resize_range2[0]) < 1:
             side += self.scale

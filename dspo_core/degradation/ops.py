@@ -37,22 +37,33 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return torch.clamp((x * 255.0).round(), 0, 255)[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
-def _reflect_indices(length: int, pad: int) -> torch.Tensor:
-    # Reflection without repeating the edge (torch "reflect", OpenCV BORDER_REFLECT_101),
-    # folded again as often as needed so pads wider than the image work too.
-    index = np.arange(-pad, length + pad)
+def reflect_101_indices(length: int, before: int, after: int) -> np.ndarray:
+    """Source indices of a side of ``length`` padded by ``before`` and ``after``: reflection without
+    repeating the edge (OpenCV ``BORDER_REFLECT_101``, torch and numpy ``reflect``: ``dcb|abcd|cba``),
+    folded again as often as needed so pads wider than the side work too (a side of 1 repeats)."""
+    index = np.arange(-before, length + after)
     if length == 1:
-        return torch.zeros(index.size, dtype=torch.long)
+        return np.zeros(index.size, dtype=np.int64)
     period = 2 * (length - 1)
     index = np.abs(index) % period
-    return torch.from_numpy(np.where(index >= length, period - index, index))
+    return np.where(index >= length, period - index, index)
+
+
+def pad_reflect_101(image: np.ndarray, bottom: int, right: int) -> np.ndarray:
+    """``(H, W, C)`` array -> ``(H + bottom, W + right, C)``, padded at the bottom and right like
+    ``cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_REFLECT_101)``."""
+    rows = reflect_101_indices(image.shape[0], 0, bottom)
+    columns = reflect_101_indices(image.shape[1], 0, right)
+    return np.ascontiguousarray(image[rows][:, columns])
 
 
 def filter2d(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     """Correlate each channel with an odd-sized ``(kh, kw)`` kernel after reflect padding (BasicSR ``filter2D``)."""
     kh, kw = kernel.shape
     _, c, h, w = x.shape
-    padded = x[:, :, _reflect_indices(h, kh // 2)][:, :, :, _reflect_indices(w, kw // 2)]
+    rows = torch.from_numpy(reflect_101_indices(h, kh // 2, kh // 2))
+    columns = torch.from_numpy(reflect_101_indices(w, kw // 2, kw // 2))
+    padded = x[:, :, rows][:, :, :, columns]
     weight = torch.from_numpy(np.ascontiguousarray(kernel, dtype=np.float32)).view(1, 1, kh, kw).repeat(c, 1, 1, 1)
     return F.conv2d(padded, weight, groups=c)
 

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+"""Version 2 records every crop at ``gt_size`` (padded where the image is smaller); version 1
+shrank the crop instead and is still read (:meth:`DegradationParams.from_dict`)."""
 
 NoiseKind = Literal["gaussian", "poisson"]
 ResizeMode = Literal["area", "bilinear", "bicubic"]
@@ -103,20 +105,32 @@ class NoiseParams:
 
 @dataclass(frozen=True)
 class CropParams:
-    """The HR crop, in pixels of the input image.
+    """The HR crop: a box in the input image padded at its bottom and right.
+
+    An input smaller than ``gt_size`` on a side is first padded on that side with
+    ``cv2.BORDER_REFLECT_101`` (mirror without repeating the edge pixel: ``dcb|abcd|cba``)
+    up to ``gt_size``, as BasicSR's ``RealESRGANDataset`` pads to its crop size; the crop
+    then spans the padded side. The HR is never resampled.
 
     Attributes:
-        top, left: corner of the crop.
-        height, width: size of the crop, both multiples of the scale factor.
-        reduced: true when the input was smaller than ``gt_size`` and the crop was shrunk
-            to the largest multiple of the scale factor that fits (the HR is never upsampled).
+        top, left: corner of the crop in the padded image (0 on a padded side).
+        height, width: size of the crop, both multiples of the scale factor: ``gt_size`` in
+            every record sampled since version 2 (a version 1 record may hold a smaller box).
+        pad_bottom, pad_right: rows added below and columns added right of the input; the last
+            ``pad_bottom`` rows and ``pad_right`` columns of the crop are mirrored, not photographed.
     """
 
     top: int
     left: int
     height: int
     width: int
-    reduced: bool
+    pad_bottom: int
+    pad_right: int
+
+    @property
+    def padded(self) -> bool:
+        """Whether any row or column of the crop is padding."""
+        return bool(self.pad_bottom or self.pad_right)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CropParams:
@@ -210,11 +224,20 @@ class DegradationParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DegradationParams:
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` on unknown fields or another version."""
-        if data.get("version") != RECORD_VERSION:
-            raise ValueError(f"unsupported degradation record version {data.get('version')!r}, "
-                             f"expected {RECORD_VERSION}")
-        return _build(cls, data, crop=CropParams.from_dict(data["crop"]),
+        """Inverse of :meth:`to_dict`; raises ``ValueError`` on unknown fields or an unknown version.
+        A version 1 record (crops shrunk, never padded) is read as the equivalent version 2 record."""
+        version = data.get("version")
+        if version not in (1, RECORD_VERSION):
+            raise ValueError(f"unsupported degradation record version {version!r}, "
+                             f"expected 1 or {RECORD_VERSION}")
+        crop = dict(data["crop"])
+        if version == 1:
+            # A v1 crop was never padded: `reduced` (shrunk below gt_size) is implied by its box,
+            # and applying the box alone regenerates the v1 LQ, so the record reads as v2.
+            crop.pop("reduced", None)
+            crop.update(pad_bottom=0, pad_right=0)
+            data = {**data, "version": RECORD_VERSION}
+        return _build(cls, data, crop=CropParams.from_dict(crop),
                       stage1=StageParams.from_dict(data["stage1"]), stage2=StageParams.from_dict(data["stage2"]),
                       final=FinalParams.from_dict(data["final"]))
 

@@ -7,7 +7,9 @@ Real-ESRGAN (``torch.clamp((out * 255.0).round(), 0, 255)``).
 The steps, as in ``RealESRGANModel.feed_data`` (the crop comes first here, so the
 degradation runs on the ``gt_size`` crop):
 
-1. crop the HR; optionally unsharp-mask it (``use_usm``);
+1. crop ``gt_size`` from the HR, padded at the bottom / right (``BORDER_REFLECT_101``)
+   where it is smaller, as BasicSR's ``RealESRGANDataset`` does; optionally unsharp-mask
+   the crop (``use_usm``);
 2. stage 1: blur, resize by a random factor, Gaussian or Poisson noise, JPEG;
 3. stage 2: blur (with ``second_blur_prob``), resize to a random factor of the LQ
    size, noise;
@@ -28,7 +30,7 @@ import torch
 from . import ops
 from .config import DegradationConfig
 from .kernels import build_kernel
-from .params import DegradationParams, FinalParams, NoiseParams, StageParams
+from .params import CropParams, DegradationParams, FinalParams, NoiseParams, StageParams
 from .sampling import sample_params
 
 PARAMS_KEY = "degradation_params"
@@ -40,6 +42,22 @@ def _check_image(hr: np.ndarray) -> None:
         shape = getattr(hr, "shape", None)
         dtype = getattr(hr, "dtype", type(hr).__name__)
         raise ValueError(f"expected an (H, W, 3) uint8 RGB numpy array, got shape {shape} dtype {dtype}")
+
+
+def _crop(hr: np.ndarray, crop: CropParams) -> np.ndarray:
+    height, width = hr.shape[:2]
+    padded_height, padded_width = height + crop.pad_bottom, width + crop.pad_right
+    inside = 0 <= crop.top <= padded_height - crop.height and 0 <= crop.left <= padded_width - crop.width
+    # A padded side is covered whole (the sampler's only case), so cropping the photographed
+    # part first and padding it after equals BasicSR's pad-then-crop, without padding the rest.
+    covers = (not crop.pad_bottom or (crop.top, crop.height) == (0, padded_height)) and (
+        not crop.pad_right or (crop.left, crop.width) == (0, padded_width))
+    if not (inside and covers):
+        raise ValueError(f"crop box {crop} does not fit the {height}x{width} image padded by "
+                         f"{crop.pad_bottom} rows and {crop.pad_right} columns")
+    photographed = hr[crop.top:crop.top + crop.height - crop.pad_bottom,
+                      crop.left:crop.left + crop.width - crop.pad_right]
+    return ops.pad_reflect_101(photographed, crop.pad_bottom, crop.pad_right) if crop.padded else photographed
 
 
 def _add_noise(x: torch.Tensor, noise: NoiseParams) -> torch.Tensor:
@@ -81,23 +99,22 @@ def apply(hr: np.ndarray, params: DegradationParams) -> tuple[np.ndarray, np.nda
         params: the record from :func:`sample_params`.
 
     Returns:
-        ``(hr_crop, lq)``: the ``(crop.height, crop.width, 3)`` uint8 HR crop (unsharp-masked
-        when ``params.use_usm``) and the ``(crop.height / scale, crop.width / scale, 3)``
-        uint8 LQ image.
+        ``(hr_crop, lq)``: the ``(crop.height, crop.width, 3)`` uint8 HR crop (padded as
+        ``params.crop`` says; unsharp-masked when ``params.use_usm``) and the
+        ``(crop.height / scale, crop.width / scale, 3)`` uint8 LQ image.
     """
     _check_image(hr)
     if hr.shape[:2] != (params.hr_height, params.hr_width):
         raise ValueError(f"HR image is {hr.shape[0]}x{hr.shape[1]} but the record was sampled for "
                          f"{params.hr_height}x{params.hr_width}")
-    crop = params.crop
-    hr_crop = hr[crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
+    hr_crop = _crop(hr, params.crop)
     with torch.no_grad():
         x = ops.to_tensor(hr_crop)
         if params.use_usm:
             x = ops.usm_sharpen(x)
             hr_crop = ops.to_uint8(x)
         x = _stage1(x, params.stage1)
-        x = _stage2(x, params.stage2, (crop.height, crop.width), params.scale)
+        x = _stage2(x, params.stage2, (params.crop.height, params.crop.width), params.scale)
         x = _final(x, params.final, params.lq_size)
         lq = ops.to_uint8(x)
     return np.ascontiguousarray(hr_crop), lq

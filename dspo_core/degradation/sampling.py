@@ -13,32 +13,31 @@ _NOISE_SEED_BOUND = 2**63
 _FINAL_ORDERS = ("resize_sinc_then_jpeg", "jpeg_then_resize_sinc")
 
 
-def crop_size(config: DegradationConfig, hr_size: tuple[int, int]) -> tuple[int, int]:
-    """``(height, width)`` of the HR crop: ``gt_size``, or the largest multiple of ``scale`` that fits.
+def crop_padding(config: DegradationConfig, hr_size: tuple[int, int]) -> tuple[int, int]:
+    """``(pad_bottom, pad_right)``: the rows and columns that bring a side smaller than
+    ``gt_size`` up to ``gt_size`` (0 for a side at or above it).
 
-    Raises ``ValueError`` when the crop would be smaller than ``config.min_crop_size``
-    (some intermediate image of the degradation would have no pixels).
+    The rule of BasicSR's ``RealESRGANDataset.__getitem__``, basicsr/data/realesrgan_dataset.py
+    lines 112-127 at commit 8d56e3a ("crop or pad to 400"): where ``h`` or ``w`` is below
+    ``crop_pad_size`` it pads ``max(0, crop_pad_size - h)`` rows at the bottom and
+    ``max(0, crop_pad_size - w)`` columns at the right with ``cv2.BORDER_REFLECT_101`` (lines
+    117-120), then crops ``crop_pad_size`` at a uniformly random corner of what is larger (lines
+    122-127). BasicSR degrades that 400 px patch and crops ``gt_size`` afterwards
+    (``RealESRGANModel.feed_data``); our crop comes first, so our ``crop_pad_size`` is ``gt_size``.
     """
-    height, width = int(hr_size[0]), int(hr_size[1])
-    size = tuple(min(config.gt_size, side // config.scale * config.scale) for side in (height, width))
-    if min(size) < config.min_crop_size:
-        raise ValueError(
-            f"HR image {height}x{width} is too small: its crop would be {size[0]}x{size[1]}, but this config "
-            f"needs at least {config.min_crop_size}x{config.min_crop_size} (scale {config.scale}, "
-            f"resize_range {list(config.resize_range)}, resize_range2 {list(config.resize_range2)})"
-        )
-    return size
+    return tuple(max(0, config.gt_size - int(side)) for side in hr_size)
 
 
 def _sample_crop(rng: np.random.Generator, config: DegradationConfig, hr_size: tuple[int, int]) -> CropParams:
-    height, width = crop_size(config, hr_size)
+    pad_bottom, pad_right = crop_padding(config, hr_size)
+    padded_height, padded_width = hr_size[0] + pad_bottom, hr_size[1] + pad_right
+    side = config.gt_size
     if config.crop_mode == "center":
-        top, left = (hr_size[0] - height) // 2, (hr_size[1] - width) // 2
-    else:
-        top = int(rng.integers(0, hr_size[0] - height + 1))
-        left = int(rng.integers(0, hr_size[1] - width + 1))
-    return CropParams(top=top, left=left, height=height, width=width,
-                      reduced=(height, width) != (config.gt_size, config.gt_size))
+        top, left = (padded_height - side) // 2, (padded_width - side) // 2
+    else:  # the draws of version 1, so crops of inputs at or above gt_size are unchanged
+        top = int(rng.integers(0, padded_height - side + 1))
+        left = int(rng.integers(0, padded_width - side + 1))
+    return CropParams(top=top, left=left, height=side, width=side, pad_bottom=pad_bottom, pad_right=pad_right)
 
 
 def _sample_resize(rng: np.random.Generator, prob: tuple[float, float, float],
@@ -80,10 +79,14 @@ def sample_params(config: DegradationConfig, rng_seed: int, hr_size: tuple[int, 
     fields) and JPEG qualities, and the order, resize mode, sinc and JPEG quality of
     the final step; see :class:`DegradationParams` for the fields.
 
-    Raises ``ValueError`` for a negative seed or an HR too small for the config.
+    An HR smaller than ``gt_size`` on a side gets a padded crop (:func:`crop_padding`).
+
+    Raises ``ValueError`` for a negative seed or an empty HR size.
     """
     if rng_seed < 0:
         raise ValueError(f"rng_seed must be >= 0, got {rng_seed}")
+    if min(hr_size) < 1:
+        raise ValueError(f"HR image {hr_size[0]}x{hr_size[1]} has no pixels")
     rng = np.random.Generator(np.random.PCG64(rng_seed))
     sizes, pad = config.kernel_sizes, config.blur_kernel_size
     crop = _sample_crop(rng, config, hr_size)

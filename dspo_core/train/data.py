@@ -8,12 +8,14 @@ Order and randomness are functions of the seed and the micro-step only
 (``ShardedPairOrder``, ``pair_seed``): micro-step j of process r always holds the same
 pairs with the same noise and timestep, whatever happened before, so a resumed run
 reproduces the uninterrupted one and one process with accumulation sees the same pairs,
-noise and t as several processes without it.
+noise and t as several processes without it. Pairs of different image sizes train
+together: the order buckets them by size, so each optimizer step is one size.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from ..loss import pool_mask
-from ..sr.diffusion import images_to_tensor
+from ..sr.diffusion import batches, images_to_tensor
 
 #: SR scale of every pair: the LQ is 1/SCALE of the winner and loser sides (DSPO: x4).
 SCALE = 4
@@ -88,18 +90,37 @@ class PairExample:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """A map-style Dataset over pair records; item i is ``(i, PairExample)`` (the index keys the latent cache)."""
+    """A map-style Dataset over pair records; item i is ``(i, PairExample)`` (the index keys the latent cache).
 
-    def __init__(self, pairs: Iterable[PairExample | Mapping]):
+    Pairs may differ in size (``ShardedPairOrder`` batches them by size); each side must be a
+    multiple of ``size_multiple`` (the VAE factor), checked here, before any step: pairs are
+    never resized.
+    """
+
+    def __init__(self, pairs: Iterable[PairExample | Mapping], size_multiple: int = 1):
         self.pairs: list[PairExample] = [p if isinstance(p, PairExample) else PairExample(**p) for p in pairs]
         if not self.pairs:
             raise ValueError("no training pairs")
+        odd: dict[tuple[int, ...], list[str]] = {}
+        for pair in self.pairs:
+            if pair.winner.shape[0] % size_multiple or pair.winner.shape[1] % size_multiple:
+                odd.setdefault(pair.winner.shape[:2], []).append(pair.pair_id)
+        if odd:
+            described = "; ".join(f"{h}x{w} (pairs {', '.join(map(repr, ids[:3]))}{', ...' if len(ids) > 3 else ''})"
+                                  for (h, w), ids in odd.items())
+            raise ValueError(f"image sizes not a multiple of the VAE factor {size_multiple}: {described}; "
+                             f"crop or pad those pairs to multiples of {size_multiple}")
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> tuple[int, PairExample]:
         return index, self.pairs[index]
+
+    def size_counts(self) -> list[dict[str, int]]:
+        """``{height, width, pairs}`` per image size of the pairs, smallest size first."""
+        counts = Counter(pair.winner.shape[:2] for pair in self.pairs)
+        return [{"height": h, "width": w, "pairs": n} for (h, w), n in sorted(counts.items())]
 
 
 @dataclass
@@ -163,44 +184,107 @@ class PairCollator:
         )
 
 
+@dataclass(frozen=True)
+class SizeBucket:
+    """The training pairs of one image size, as ``ShardedPairOrder`` schedules them.
+
+    Fields:
+        height, width: the SR image size of every pair in the bucket.
+        pairs: how many pairs have that size.
+        steps_per_epoch: optimizer steps of this bucket per epoch, ``ceil(pairs / step_pairs)``.
+        repeated_per_epoch: pairs trained a second time per epoch to fill its last step,
+            ``steps_per_epoch * step_pairs - pairs`` (0 when ``pairs`` is a multiple of ``step_pairs``).
+    """
+
+    height: int
+    width: int
+    pairs: int
+    steps_per_epoch: int
+    repeated_per_epoch: int
+
+
 class ShardedPairOrder:
     """Which dataset indices process r trains on at micro-step j (deterministic, no state).
 
-    Epoch e is a permutation of the pairs seeded by (seed, e) (identity when not shuffled),
-    cut into global micro-batches of ``batch_size * num_processes`` pairs (an incomplete last
-    one is dropped); process r takes the r-th slice of ``batch_size``. Micro-step j belongs to
-    epoch ``j // batches_per_epoch``.
+    Pairs are bucketed by image size, as diffusers' DreamBooth LoRA scripts bucket by aspect
+    ratio (``BucketBatchSampler``): one optimizer step (``step_pairs = batch_size x processes x
+    accumulation`` pairs) draws from one bucket, so every micro-batch shares one size; no pair
+    is resized. Epoch e is a permutation of all pairs seeded by (seed, e) (identity when not
+    shuffled); each bucket takes its pairs in that order and is cut into steps of
+    ``step_pairs``. Where diffusers keeps a short last batch, a bucket's short last step is
+    filled with the bucket's first pairs of the epoch again (cycling when the bucket holds
+    fewer than ``step_pairs``): processes must hold equal slices and an accumulation window
+    averages equal micro-batches. So no pair is ever left out, and a pair repeated in a step
+    counts once more in it (``SizeBucket.repeated_per_epoch``). The steps of all buckets run
+    in the order of their first pair in the permutation, which spreads each bucket over the
+    epoch. Inside a step, micro-batch a of process r is the slice starting at
+    ``(a x processes + r) x batch_size``, so P processes see the same pairs as one process
+    accumulating P micro-batches.
+
+    With one size and ``step_pairs`` dividing the pair count this is the plain sharded order:
+    global micro-batch j is pairs ``[j x B x P, (j + 1) x B x P)`` of the permutation.
     """
 
-    def __init__(self, num_pairs: int, batch_size: int, num_processes: int, process_index: int, seed: int, shuffle: bool):
-        self.num_pairs, self.batch_size = num_pairs, batch_size
+    def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int, num_processes: int, process_index: int,
+                 seed: int, shuffle: bool, accumulation: int = 1):
+        self.sizes = [tuple(int(side) for side in size) for size in sizes]
+        self.num_pairs, self.batch_size, self.accumulation = len(self.sizes), batch_size, accumulation
         self.num_processes, self.process_index = num_processes, process_index
         self.seed, self.shuffle = seed, shuffle
-        self.batches_per_epoch = num_pairs // (batch_size * num_processes)
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{num_pairs} pairs cannot fill one global micro-batch of batch_size {batch_size} x {num_processes} processes"
-            )
-        self._permutation: tuple[int, torch.Tensor] | None = None
+        if self.num_pairs < batch_size * num_processes:
+            raise ValueError(f"{self.num_pairs} pairs cannot fill one global micro-batch of batch_size {batch_size} "
+                             f"x {num_processes} processes")
+        self.step_pairs = batch_size * num_processes * accumulation
+        counts = Counter(self.sizes)
+        self.buckets = [
+            SizeBucket(height=h, width=w, pairs=n, steps_per_epoch=-(-n // self.step_pairs),
+                       repeated_per_epoch=-(-n // self.step_pairs) * self.step_pairs - n)
+            for (h, w), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        ]
+        self.steps_per_epoch = sum(bucket.steps_per_epoch for bucket in self.buckets)
+        self.batches_per_epoch = self.steps_per_epoch * accumulation  # micro-steps per process
+        self._epoch_steps: tuple[int, list[list[int]]] | None = None
 
     def epoch_of(self, micro_step: int) -> int:
         return micro_step // self.batches_per_epoch
 
+    def describe(self) -> str:
+        """One line per bucket for the log: size, pairs, steps per epoch, repeats."""
+        return "; ".join(
+            f"{b.height}x{b.width}: {b.pairs} pairs, {b.steps_per_epoch} steps/epoch"
+            + (f", {b.repeated_per_epoch} repeated to fill steps of {self.step_pairs}" if b.repeated_per_epoch else "")
+            for b in self.buckets
+        )
+
     def permutation(self, epoch: int) -> torch.Tensor:
-        if self._permutation is None or self._permutation[0] != epoch:
-            if self.shuffle:
-                generator = torch.Generator().manual_seed(pair_seed(self.seed, SHUFFLE_STREAM, epoch))
-                order = torch.randperm(self.num_pairs, generator=generator)
-            else:
-                order = torch.arange(self.num_pairs)
-            self._permutation = (epoch, order)
-        return self._permutation[1]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(pair_seed(self.seed, SHUFFLE_STREAM, epoch))
+            return torch.randperm(self.num_pairs, generator=generator)
+        return torch.arange(self.num_pairs)
+
+    def steps(self, epoch: int) -> list[list[int]]:
+        """The ``step_pairs`` dataset indices of every optimizer step of `epoch`, in training order."""
+        if self._epoch_steps is None or self._epoch_steps[0] != epoch:
+            order = self.permutation(epoch).tolist()
+            members: dict[tuple[int, int], list[int]] = {}
+            for index in order:
+                members.setdefault(self.sizes[index], []).append(index)
+            position = {index: rank for rank, index in enumerate(order)}
+            steps = []
+            for bucket in members.values():
+                for start in range(0, len(bucket), self.step_pairs):
+                    step = bucket[start : start + self.step_pairs]
+                    step += [bucket[k % len(bucket)] for k in range(self.step_pairs - len(step))]
+                    steps.append(step)
+            steps.sort(key=lambda step: position[step[0]])
+            self._epoch_steps = (epoch, steps)
+        return self._epoch_steps[1]
 
     def indices(self, micro_step: int) -> list[int]:
         epoch, position = divmod(micro_step, self.batches_per_epoch)
-        global_size = self.batch_size * self.num_processes
-        start = position * global_size + self.process_index * self.batch_size
-        return self.permutation(epoch)[start : start + self.batch_size].tolist()
+        step, window = divmod(position, self.accumulation)
+        start = (window * self.num_processes + self.process_index) * self.batch_size
+        return self.steps(epoch)[step][start : start + self.batch_size]
 
 
 class MicroBatches:
@@ -214,6 +298,20 @@ class MicroBatches:
         while True:
             yield self.order.indices(micro_step)
             micro_step += 1
+
+
+def eval_shard(sizes: Sequence[tuple[int, ...]], num_processes: int, process_index: int,
+               batch_size: int) -> tuple[list[list[int]], list[float]]:
+    """Process r's share of the held-out pairs of image `sizes`: every P-th pair, padded with
+    its first pair to ``ceil(n / P)`` so every process gathers as many, in batches of at most
+    `batch_size` pairs of one size. Returns the batches (dataset indices) and, in batch order,
+    1.0 per real pair and 0.0 per padding."""
+    shard = list(range(process_index, len(sizes), num_processes))
+    length = math.ceil(len(sizes) / num_processes)
+    valid = [1.0] * len(shard) + [0.0] * (length - len(shard))
+    shard += [shard[0] if shard else 0] * (length - len(shard))
+    groups = batches([sizes[index] for index in shard], batch_size)
+    return [[shard[position] for position in group] for group in groups], [valid[p] for g in groups for p in g]
 
 
 def pair_noise(

@@ -8,19 +8,22 @@
 
 One process runs in-process; ``accelerate launch --num_processes N script.py`` runs one
 trainer per process. Data parallelism is explicit: every process takes its own slice of
-each global micro-batch (``ShardedPairOrder``), and after the accumulation window the
-gradients of the trainable parameters are averaged with ``accelerator.reduce`` before
-clipping and the optimizer step. (The UNet is not wrapped in DDP: the backbone calls
-``backbone.unet`` itself, for the policy and — adapters disabled — the reference.) The
-trainable parameters are broadcast from process 0 at start, so every process holds the
-same weights at every step. Metrics are ``accelerator.gather``-ed per-pair terms reduced
-over all pairs (``dspo_core.train.metrics``); ``on_log`` runs on the main process only.
+each global micro-batch (``ShardedPairOrder``: pairs of any sizes, one size per optimizer
+step, none dropped or resized), and after the accumulation window the gradients of the
+trainable parameters are averaged with ``accelerator.reduce`` before clipping and the
+optimizer step. (The UNet is not wrapped in DDP: the backbone calls ``backbone.unet``
+itself, for the policy and — adapters disabled — the reference.) The trainable parameters
+are broadcast from process 0 at start, so every process holds the same weights at every
+step. Metrics are ``accelerator.gather``-ed per-pair terms reduced over all pairs
+(``dspo_core.train.metrics``); ``on_log`` runs on the main process only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import logging
 import math
 import os
 import time
@@ -45,6 +48,7 @@ from .data import (
     PairDataset,
     PairExample,
     ShardedPairOrder,
+    eval_shard,
     pair_noise,
     pair_seed,
 )
@@ -52,6 +56,7 @@ from .latents import LatentCache, encode_pairs
 from .metrics import summarize
 from .step import PAIR_TERMS, StepOutput, dspo_step, encode_conditioning
 
+log = logging.getLogger(__name__)
 LogCallback = Callable[[int, dict[str, float]], None]
 _BUCKET_NUMEL = 2**25  # gradient all-reduce bucket: 32M elements (128 MB fp32)
 
@@ -111,17 +116,17 @@ class DSPOTrainer:
         )
         self.optimizer = self.accelerator.prepare(optimizer)
 
-        self.train_dataset = PairDataset(train_pairs)
-        self.eval_dataset = PairDataset(eval_pairs) if eval_pairs is not None else None
-        self.order = ShardedPairOrder(
-            len(self.train_dataset),
-            config.batch_size,
-            self.accelerator.num_processes,
-            self.accelerator.process_index,
-            config.seed,
-            config.shuffle,
-        )
         factor = backbone.vae_scale_factor
+        self.train_dataset = PairDataset(train_pairs, size_multiple=factor)
+        self.eval_dataset = PairDataset(eval_pairs, size_multiple=factor) if eval_pairs is not None else None
+        self.order = ShardedPairOrder(
+            [pair.winner.shape[:2] for pair in self.train_dataset.pairs], config.batch_size,
+            self.accelerator.num_processes, self.accelerator.process_index, config.seed, config.shuffle,
+            config.gradient_accumulation_steps,
+        )
+        if self.accelerator.is_main_process:
+            log.info("training pairs in %d size bucket(s), one size per optimizer step: %s",
+                     len(self.order.buckets), self.order.describe())
         self.collator = PairCollator(factor, config.instance_masks, with_images=not config.cache_latents)
         self.train_cache = self.eval_cache = None
         if config.cache_latents:
@@ -136,6 +141,11 @@ class DSPOTrainer:
         self._batches: Iterator[PairBatch] | None = None
 
     # ------------------------------------------------------------------ setup
+
+    def size_buckets(self) -> dict[str, list[dict[str, int]]]:
+        """Pairs per image size: ``train`` as scheduled (``SizeBucket`` fields), ``eval`` (height, width, pairs)."""
+        train = [dataclasses.asdict(bucket) for bucket in self.order.buckets]
+        return {"train": train, "eval": self.eval_dataset.size_counts() if self.eval_dataset is not None else []}
 
     def _check_backbone(self) -> None:
         config, backbone = self.config, self.backbone
@@ -279,24 +289,20 @@ class DSPOTrainer:
         """The metrics (``eval_`` keys) over all held-out pairs, sharded across processes.
 
         Each process takes every P-th pair, padded to equal length (padding is dropped after
-        the gather). Noise and t per pair are fixed (seeded by the pair's index), so
-        successive evaluations differ only by the weights.
+        the gather), in batches of one image size (``eval_shard``). Noise and t per pair are
+        fixed (seeded by the pair's index), so successive evaluations differ only by the weights.
         """
         if self.eval_dataset is None:
             raise ValueError("no eval_pairs were given")
-        processes, rank = self.accelerator.num_processes, self.accelerator.process_index
-        count = len(self.eval_dataset)
-        shard = list(range(rank, count, processes))
-        length = math.ceil(count / processes)
-        valid = [1.0] * len(shard) + [0.0] * (length - len(shard))
-        shard += [shard[0] if shard else 0] * (length - len(shard))
-        batch_size = self.config.eval_batch_size or self.config.batch_size
+        groups, valid = eval_shard([pair.winner.shape for pair in self.eval_dataset.pairs],
+                                   self.accelerator.num_processes, self.accelerator.process_index,
+                                   self.config.eval_batch_size or self.config.batch_size)
         collator = PairCollator(
             self.backbone.vae_scale_factor, self.config.instance_masks, with_images=self.eval_cache is None
         )
         terms: list[dict[str, torch.Tensor]] = []
-        for start in range(0, length, batch_size):
-            batch = collator([self.eval_dataset[i] for i in shard[start : start + batch_size]])
+        for group in groups:
+            batch = collator([self.eval_dataset[index] for index in group])
             with self.accelerator.autocast():
                 terms.append(self.forward(batch, EVAL_NOISE_STREAM, epoch=0).pair_terms)
         local = {key: torch.cat([item[key] for item in terms]) for key in PAIR_TERMS}

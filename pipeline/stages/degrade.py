@@ -1,18 +1,24 @@
 """Stage `degrade`: `hr_images` -> `lq_pairs` (schema: pipeline.schemas.LQ_PAIRS) with the
-Real-ESRGAN second-order degradation; every sampled value and the seed go into the row."""
+Real-ESRGAN second-order degradation; every sampled value and the seed go into the row.
+
+Every crop is `gt_size` square: a source smaller than that on a side is padded there (bottom or
+right, cv2.BORDER_REFLECT_101), as BasicSR's RealESRGANDataset pads to its crop size. Such rows
+say so in `pad_bottom`, `pad_right` and `notes`; the manifest counts them (`padded_crops`)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 
-import numpy as np
 import pyarrow as pa
 
-from dspo_core.degradation import degrade
+from dspo_core.degradation import DegradationParams, degrade
 from pipeline.config import DegradeConfig, PipelineConfig
 from pipeline.datasets import rgb_array
 from pipeline.schemas import LQ_PAIRS, stable_id
 from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
 from storage import DatasetStore, image_cell
+
+log = logging.getLogger("dspo.degrade")
 
 
 def crop_seed(base_seed: int, image_id: str, crop_index: int) -> int:
@@ -20,7 +26,21 @@ def crop_seed(base_seed: int, image_id: str, crop_index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # non-negative int64
 
 
+def padding_note(params: DegradationParams, gt_size: int) -> str:
+    """The row's `notes`: which sides of the crop are padding and why, or "" for none."""
+    crop, parts = params.crop, []
+    if crop.pad_bottom:
+        parts.append(f"{crop.pad_bottom} px at the bottom (source {params.hr_height} px high)")
+    if crop.pad_right:
+        parts.append(f"{crop.pad_right} px at the right (source {params.hr_width} px wide)")
+    if not parts:
+        return ""
+    return f"padded {' and '.join(parts)} to gt_size {gt_size} with cv2.BORDER_REFLECT_101"
+
+
 class DegradeStage(Stage):
+    version = 2  # crops padded to gt_size instead of shrunk; pad_bottom, pad_right and notes columns
+
     def section(self, config: PipelineConfig) -> DegradeConfig:
         return config.degrade
 
@@ -34,7 +54,8 @@ class DegradeStage(Stage):
                   shard: Shard) -> ShardOutput:
         source = store.read_where_in(inputs["hr_images"], "image_id", shard.items,
                                      columns=["image_id", "split", "image"])
-        rows, quarantine = [], []
+        gt_size = section.degradation.gt_size
+        rows, quarantine, padded = [], [], []
         for record in source.to_pylist():
             hr = rgb_array(record["image"])
             for crop_index in range(section.crops_per_image):
@@ -44,12 +65,28 @@ class DegradeStage(Stage):
                 except ValueError as exc:
                     quarantine.append({"item": record["image_id"], "reason": str(exc)})
                     break
+                note = padding_note(params, gt_size)
+                if note:
+                    padded.append(record["image_id"])
                 rows.append({
                     "sample_id": stable_id("sample", record["image_id"], seed),
                     "image_id": record["image_id"], "split": record["split"],
                     "crop_top": params.crop.top, "crop_left": params.crop.left,
                     "crop_height": params.crop.height, "crop_width": params.crop.width,
+                    "pad_bottom": params.crop.pad_bottom, "pad_right": params.crop.pad_right,
                     "scale": params.scale, "hr": image_cell(hr_crop), "lq": image_cell(lq), "seed": seed,
-                    "degradation_params": params.to_json(),
+                    "degradation_params": params.to_json(), "notes": note,
                 })
-        return ShardOutput(pa.Table.from_pylist(rows, schema=LQ_PAIRS), quarantine)
+        notes = []
+        if padded:
+            log.info("degrade %s: %d of %d crops padded to gt_size %d (sources smaller on a side): images %s",
+                     shard.key, len(padded), len(rows), gt_size, ", ".join(sorted(set(padded))))
+            notes.append(f"sources smaller than gt_size {gt_size} on a side are padded there (bottom or right, "
+                         "cv2.BORDER_REFLECT_101, as BasicSR's RealESRGANDataset does): see the rows' notes, "
+                         "pad_bottom and pad_right, and padded_crops")
+        return ShardOutput(pa.Table.from_pylist(rows, schema=LQ_PAIRS), quarantine, notes=notes,
+                           stats={"crops": len(rows), "padded_crops": len(padded)})
+
+    def summarize(self, stats: list[dict]) -> dict:
+        """`crops` made and `padded_crops`: how many of them pad a source smaller than gt_size."""
+        return {key: sum(item.get(key, 0) for item in stats) for key in ("crops", "padded_crops")}
