@@ -33,17 +33,22 @@ LQ_PAIRS = pa.schema([
     ("sample_id", pa.string()),          # stable_id("sample", image_id, seed): what later datasets refer to
     ("image_id", pa.string()),           # the hr_images row it came from
     ("split", pa.string()),
-    ("crop_top", pa.int32()),            # HR crop box inside the source image, in pixels
+    ("crop_top", pa.int32()),            # HR crop box, in pixels of the source padded by pad_bottom / pad_right
     ("crop_left", pa.int32()),
-    ("crop_height", pa.int32()),
+    ("crop_height", pa.int32()),         # = degrade.degradation.gt_size
     ("crop_width", pa.int32()),
+    ("pad_bottom", pa.int32()),          # rows mirrored below a source shorter than gt_size (BORDER_REFLECT_101), else 0
+    ("pad_right", pa.int32()),           # columns mirrored right of a source narrower than gt_size, else 0
     ("scale", pa.int32()),               # HR side / LQ side
-    ("hr", IMAGE_TYPE),                  # the HR crop (ground truth)
+    ("hr", IMAGE_TYPE),                  # the HR crop (ground truth), padded where the source is smaller
     ("lq", IMAGE_TYPE),                  # the degraded low-quality input
     ("seed", pa.int64()),                # seed of every random draw of this degradation
     ("degradation_params", pa.string()), # JSON of every sampled value (dspo_core.degradation.DegradationParams)
+    ("notes", pa.string()),              # what was done beyond the degradation ("padded 16 px at the bottom ..."), or ""
 ])
-"""`lq_pairs`: one row per degraded crop; `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""
+"""`lq_pairs`: one row per degraded crop, every crop `gt_size` square (sources smaller on a side
+are padded there, as BasicSR's RealESRGANDataset does; the manifest counts them in
+`padded_crops`); `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""
 
 SR_CANDIDATES = pa.schema([
     ("candidate_id", pa.string()),       # stable_id("candidate", sample_id, candidate_index)
