@@ -24,7 +24,7 @@ from pipeline.cli import app as pipeline_app
 from pipeline.cli import labels as labels_cli
 from pipeline.cli.common import ERROR_EXIT, ReportingGroup, StoreOption, console, report_error
 from pipeline.cli.stages import ForceOption, ProfileOption, SetOption
-from pipeline.config import parse_override
+from pipeline.config import load_config, parse_override
 
 app = typer.Typer(
     cls=ReportingGroup,
@@ -34,6 +34,16 @@ app = typer.Typer(
     # As in pipeline.cli: no local variables (credentials, perhaps) in a traceback.
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def global_options(debug: Annotated[bool, typer.Option(
+        "--debug", envvar="DSPO_DEBUG", help="On an error, print its traceback before the error line "
+                                             "(also DSPO_DEBUG=1).")] = False) -> None:
+    """Options before the command (`dspo --debug stage score`); ReportingGroup reads --debug
+    from this root context when a command fails."""
+
+
 # Mounted without a name, so its commands sit at the top level: `dspo datasets ls`, `dspo doctor`.
 app.add_typer(pipeline_app)
 app.add_typer(labels_cli.app, name="label", help="Alias of `dspo labels`: the labelling app, import, export.")
@@ -54,12 +64,34 @@ def _fail(exc: Exception) -> None:
 
 
 def _pipeline_parameters(profile: str, overrides: list[str] | None, store: str | None, force: bool) -> dict:
+    """The parent flow's parameters, once the profile and overrides passed load_config here: a bad
+    name or key is one `error:` line at once, before any server is started or asked."""
     parameters = {"profile": profile, "force": force}
     if overrides:
         parameters["overrides"] = _overrides(overrides)
+    load_config(profile, parameters.get("overrides"))
     if store:
         parameters["store"] = store
     return parameters
+
+
+def _say(line: str) -> None:
+    console().print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def _watch_pipeline(parameters: dict, state_dir: str | None, ui: str | None, store: str | None) -> None:
+    """Run the parent deployment on the stack and follow it; a run that did not complete is one
+    `error:` line naming the failed stage, its flow run and the reason. Exits with the run's status."""
+    from flows import stack
+
+    try:
+        outcome = stack.run_pipeline(parameters, state_dir, say=_say)
+    except stack.StackError as exc:
+        _fail(exc)
+    if outcome.failure:
+        report_error(outcome.failure)
+    _after_run(ui, store, outcome.code == 0)
+    raise typer.Exit(outcome.code)
 
 
 def write_report(store: str | None) -> Path | None:
@@ -123,16 +155,15 @@ def up_command(
     and a process worker, all bound to 127.0.0.1; print where the UI is."""
     from flows import stack
 
+    parameters = _pipeline_parameters(profile, overrides, store, force) if run else None
     try:
         info = stack.up(state_dir, port=port, limit=limit, redeploy=redeploy, say=console().print)
     except stack.StackError as exc:
         _fail(exc)
     for line in stack.info_lines(info):
         console().print(line, soft_wrap=True, highlight=False)
-    if run:
-        code = stack.run_pipeline(_pipeline_parameters(profile, overrides, store, force), state_dir)
-        _after_run(info.ui_url, store, code == 0)
-        raise typer.Exit(code)
+    if parameters is not None:
+        _watch_pipeline(parameters, state_dir, info.ui_url, store)
 
 
 @app.command("down")
@@ -188,8 +219,10 @@ def pipeline_command(
                                                                   "one).")] = False,
     state_dir: StateDirOption = None,
 ) -> None:
-    """Run the whole pipeline as Prefect flows: by default `prefect deployment run dspo/full-pipeline --watch`
-    on the embedded stack (`dspo up` first), each stage its own flow run; print where to look afterwards."""
+    """Run the whole pipeline as Prefect flows: by default a run of the deployment dspo/full-pipeline on the
+    embedded stack (`dspo up` first), each stage its own flow run, watched as `prefect deployment run --watch`
+    does; print where to look afterwards. The profile and overrides are checked before anything is submitted;
+    when a stage fails, the error line names it, its flow run (name, id, UI address) and the reason."""
     from flows import stack
 
     parameters = _pipeline_parameters(profile, overrides, store, force)
@@ -198,9 +231,7 @@ def pipeline_command(
             report = stack.require_running(state_dir)
         except stack.StackError as exc:
             _fail(exc)
-        code = stack.run_pipeline(parameters, state_dir)
-        _after_run(report["ui_url"], store, code == 0)
-        raise typer.Exit(code)
+        _watch_pipeline(parameters, state_dir, report["ui_url"], store)
     report = stack.status(state_dir)
     if report["healthy"]:
         os.environ["PREFECT_API_URL"] = report["api_url"]

@@ -1,6 +1,6 @@
 """The parent flow `dspo`: every stage in pipeline order, each stage's output feeding the next.
 
-    dspo(store=None, profile="demo", overrides=None, force=False, mode="auto") -> {"hr_images": "hr_images@v1", ...}
+    dspo(store=None, profile="demo", overrides=None, force=False, mode="auto", allow_empty=False) -> {"hr_images": "hr_images@v1", ...}
 
 Each stage gets as inputs the refs of all earlier outputs it accepts (by dataset name); inputs
 no earlier stage produced (e.g. `human_labels` for rank) are used at @latest when present.
@@ -32,8 +32,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import DEFAULT
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment as current_deployment
+from prefect.utilities.urls import url_for
 
 from flows.common import PARENT_FLOW, artifact_key, flow_name, poll_seconds, resolve_store, stage_deployment
+from flows.pipeline_run import one_line
 from flows.stage_flows import STAGE_FLOWS
 from pipeline.stages import PIPELINE_ORDER, STAGE_SPECS, pinned_inputs
 
@@ -77,6 +79,17 @@ def child_ref(child, stage: str) -> str:
                          "is neither in a readable result nor in its result artifact")
 
 
+def stage_failure(stage: str, deployment: str, child) -> str:
+    """One line for the parent's failed state (what the UI shows on the `dspo` run): the stage, its
+    flow run (name, id, UI address when one is configured) and the reason that run ended with."""
+    state = child.state
+    reason = one_line(state.message if state else None)
+    where = ", ".join(part for part in (str(child.id), url_for(child)) if part)
+    return (f"stage {stage}: flow run {child.name} ({where}) of {deployment} ended "
+            f"{state.type.value if state else 'without a state'}: {reason or 'no message'} "
+            "-- fix the cause, retry that run alone from the UI, then retry this run")
+
+
 @task(name="stage-run", task_run_name="{stage}", cache_policy=DEFAULT, persist_result=True)
 def run_stage_deployment(stage: str, parameters: dict[str, Any]) -> str:
     """Run `dspo-<stage>/stage` as its own flow run, wait for it, return its output ref."""
@@ -85,10 +98,7 @@ def run_stage_deployment(stage: str, parameters: dict[str, Any]) -> str:
     child = run_deployment(name, parameters=parameters, timeout=None, poll_interval=poll_seconds())
     state = child.state
     if state is None or not state.is_completed():
-        raise StageRunFailed(
-            f"stage {stage}: flow run {child.name} ({child.id}) of {name} ended "
-            f"{state.type.value if state else 'without a state'}: {state.message if state else ''} "
-            "-- fix the cause, retry that run alone from the UI, then retry this run")
+        raise StageRunFailed(stage_failure(stage, name, child))
     ref = child_ref(child, stage)
     logger.info("%s: %s (flow run %s)", stage, ref, child.name)
     return ref
@@ -97,7 +107,8 @@ def run_stage_deployment(stage: str, parameters: dict[str, Any]) -> str:
 @flow(name=PARENT_FLOW, persist_result=True,
       description="The whole DSPO pipeline: every stage in order, each output feeding the next.")
 def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, Any] | None = None,
-         force: bool = False, mode: Literal["auto", "deployments", "subflows"] = "auto") -> dict[str, str]:
+         force: bool = False, mode: Literal["auto", "deployments", "subflows"] = "auto",
+         allow_empty: bool = False) -> dict[str, str]:
     """Run every stage in pipeline order.
 
     Args:
@@ -106,6 +117,7 @@ def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, A
         profile: Profile in configs/ (demo, test, full) or a YAML path.
         overrides: Dotted config overrides for every stage, e.g. {"degrade.seed": 3}.
         force: Recompute every stage even if a version with its fingerprint exists.
+        allow_empty: Let stages publish outputs with no rows (refused by default).
         mode: deployments (each stage its own flow run), subflows (in this process), or auto
             (deployments when this run comes from a deployment).
     """
@@ -118,7 +130,7 @@ def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, A
     rows = []
     for name in pipeline_stages():
         parameters = {"store": uri, "inputs": pinned_inputs(name, outputs), "profile": profile,
-                      "overrides": overrides, "force": force}
+                      "overrides": overrides, "force": force, "allow_empty": allow_empty}
         if use_deployments:
             ref = run_stage_deployment(name, parameters)
         else:

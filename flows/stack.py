@@ -15,13 +15,13 @@ concurrent `dspo up` / `dspo down`; `dspo down` stops exactly the processes `dsp
 
 This module decides what to start, reuse or stop. The pieces it uses: flows/supervisor.py
 (processes and pid files), flows/prefect_api.py (the server over HTTP, the port probe),
-flows/environment.py (interpreter and variables), flows/stack_state.py (the state folder).
+flows/environment.py (interpreter and variables), flows/stack_state.py (the state folder),
+flows/pipeline_run.py (a pipeline run: created over the API, explained when it fails).
 No Prefect import: it talks to the server over HTTP and runs Prefect's CLI.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,8 +32,10 @@ from flows.environment import interpreter, passed_on_digest, stack_env
 from flows.prefect_api import (
     HOST, api_url, deployed_names, free_port, healthy, port_free, ui_url, work_pool, work_pool_status,
 )
+from flows.pipeline_run import FlowRunRef, RunError, create_run, failure
 from flows.stack_state import Paths, load_state, locked, save_state, state_dir
 from flows.supervisor import Say, is_ours, read_pidfile, spawn, stop, tail, wait_for
+from pipeline.config import load_config
 from pipeline.paths import project_dir
 
 DEFAULT_PORT = 4200
@@ -258,19 +260,47 @@ def require_running(state: str | None = None) -> dict:
     return report
 
 
+@dataclass
+class PipelineOutcome:
+    """How a `dspo pipeline` run ended: the exit status for the command, the parent flow run, and
+    unless it completed the one line that says why (the failed stage, its flow run, the reason)."""
+
+    code: int
+    flow_run: FlowRunRef
+    failure: str | None
+
+
 def run_pipeline(parameters: dict, state: str | None = None, deployment: str | None = None,
-                 timeout: float | None = None) -> int:
-    """`prefect deployment run dspo/full-pipeline --watch` against the stack; returns its exit status.
-    Output goes to this process's stdout/stderr."""
+                 timeout: float | None = None, say: Say = print) -> PipelineOutcome:
+    """Run dspo/full-pipeline on the stack, as `prefect deployment run ... --watch` does, and explain
+    a run that does not complete (flows/pipeline_run.py).
+
+    The profile and overrides are checked here first (ConfigError, before the server is asked
+    anything); then a flow run is created over the API and followed with `prefect flow-run watch`,
+    whose live events and logs go to this process's stdout."""
+    load_config(parameters.get("profile", "demo"), parameters.get("overrides") or {})
     report = require_running(state)
-    paths = Paths(Path(report["state_dir"]))
+    port = report["port"]
     project = source_project()
-    env = stack_env(paths, report["port"], project)
-    argv = [interpreter(project), "-m", "prefect", "deployment", "run",
-            deployment or f"{PARENT_FLOW}/{PARENT_DEPLOYMENT}", "--params", json.dumps(parameters), "--watch"]
+    name = deployment or f"{PARENT_FLOW}/{PARENT_DEPLOYMENT}"
+    try:
+        run = create_run(port, name, parameters)
+    except RunError as exc:
+        raise StackError(str(exc)) from None
+    say(f"created {run.label()} of {name}; watching it (Ctrl+C stops watching, not the run)")
+    argv = [interpreter(project), "-m", "prefect", "flow-run", "watch", run.id]
     if timeout:
-        argv += ["--watch-timeout", str(int(timeout))]
-    return subprocess.run(argv, env=env, cwd=project, check=False).returncode
+        argv += ["--timeout", str(int(timeout))]
+    env = stack_env(Paths(Path(report["state_dir"])), port, project)
+    try:
+        code = subprocess.run(argv, env=env, cwd=project, check=False).returncode
+    except KeyboardInterrupt:
+        return PipelineOutcome(130, run, f"stopped watching; pipeline {run.label()} goes on (cancel it in the UI)")
+    try:
+        problem = failure(port, run)
+    except RunError as exc:
+        problem = f"pipeline {run.label()}: its final state cannot be read ({exc}); the watch exited {code}"
+    return PipelineOutcome(0 if problem is None else code or 1, run, problem)
 
 
 def info_lines(info: StackInfo) -> list[str]:

@@ -1,6 +1,6 @@
 """One Prefect flow per pipeline stage, `dspo-<stage>`, built from `pipeline.stages.STAGES`.
 
-    dspo_degrade(store=None, inputs=None, profile="demo", overrides=None, force=False) -> "lq_pairs@v3"
+    dspo_degrade(store=None, inputs=None, profile="demo", overrides=None, force=False, allow_empty=False) -> "lq_pairs@v3"
 
 A stage added to STAGES gets its flow here automatically (module attribute `dspo_<stage>`,
 the entrypoint `flows/stage_flows.py:dspo_<stage>` of its `stage` deployment in prefect.yaml).
@@ -172,7 +172,7 @@ def _map_shards(job_id: str, name: str, job: StageJob, context: JobContext, logg
 
 
 def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, profile: str,
-                   overrides: dict[str, Any] | None, force: bool) -> str:
+                   overrides: dict[str, Any] | None, force: bool, allow_empty: bool = False) -> str:
     """The body of every stage flow (see the module docstring)."""
     logger = get_run_logger()
     stage = STAGES[name]
@@ -181,7 +181,8 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
     opened = DatasetStore(uri)
     job_id = f"{current_flow_run.id or 'local'}-{name}-{id(opened)}"
     try:
-        job = StageJob(stage, opened, config, inputs=inputs, force=force, run_id=current_flow_run.id)
+        job = StageJob(stage, opened, config, inputs=inputs, force=force, run_id=current_flow_run.id,
+                       allow_empty=allow_empty)
         logger.info("%s: store %s, inputs %s, profile %s, fingerprint %s", name, opened.uri,
                     job.inputs or "none", profile, job.fingerprint[:12])
         computed, compute = 0, 0.0
@@ -202,10 +203,14 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
             "stage": name, "ref": result.ref, "rows": result.rows, "cache hit": result.cache_hit,
             "shards computed": computed, "shards total": result.shards_total,
             "side outputs": ", ".join(result.side_outputs.values()),
+            "identical to": result.identical_to or "",
             "quarantined": len(result.quarantined), "seconds": result.seconds,
             "seconds in run_shard": round(compute, 3), "fallback": metadata.get("fallback") or "",
             "store": opened.uri,
         }], key=artifact_key(name, "result"), description=f"{name}: {result.ref} ({'cache hit' if result.cache_hit else 'computed'})")
+        if result.identical_to:
+            logger.info("%s: forced rerun: %s is byte-identical to %s, so every downstream stage stays a cache hit",
+                        name, result.ref, result.identical_to)
         for record in result.quarantined[:20]:
             logger.warning("%s: quarantined %s: %s", name, record.get("item"), record.get("reason"))
         try:
@@ -242,8 +247,8 @@ def make_stage_flow(name: str):
     stage = STAGE_SPECS[name]
 
     def stage_flow(store: str | None = None, inputs: dict[str, str] | None = None, profile: str = "demo",
-                   overrides: dict[str, Any] | None = None, force: bool = False) -> str:
-        return run_stage_flow(name, store, inputs, profile, overrides, force)
+                   overrides: dict[str, Any] | None = None, force: bool = False, allow_empty: bool = False) -> str:
+        return run_stage_flow(name, store, inputs, profile, overrides, force, allow_empty)
 
     accepted = [*stage.inputs, *stage.optional_inputs]
     stage_flow.__doc__ = f"""Run stage {name!r}: {', '.join(accepted) or 'source files'} -> {stage.output}.
@@ -256,6 +261,8 @@ def make_stage_flow(name: str):
             profile: Profile in configs/ (demo, test, full) or a YAML path.
             overrides: Dotted config overrides, e.g. {{"{name}.shard_size": 8}}.
             force: Recompute even if a version with this fingerprint exists.
+            allow_empty: Publish an output with no rows (refused by default, so an empty version never
+                becomes the latest).
         """
     stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
     stage_flow.__module__ = __name__

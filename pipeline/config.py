@@ -1,13 +1,18 @@
 """Pipeline configuration: one typed section per stage, loaded from a YAML profile in
-`configs/` with dotted overrides (`degrade.seed=3`). Pydantic, so Prefect renders it as a form."""
+`configs/` with dotted overrides (`degrade.seed=3`). Pydantic, so Prefect renders it as a form.
+
+`load_config` checks every key and name of a profile before any model is built or any shard
+runs (IQA metrics against pyiqa's registry, SR backbones, segmenters, loss types, text modes,
+devices, candidate settings, split names) and reports what is wrong as one ConfigError line
+naming the dotted key, the bad value and the accepted ones (pipeline.config_errors)."""
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dspo_core.degradation import DegradationConfig
 from dspo_core.feedback import CaptionerConfig, FeedbackConfig
@@ -16,12 +21,20 @@ from dspo_core.pairs import PairConfig
 from dspo_core.segment import SegmenterConfig
 from dspo_core.sr import CandidateSettings
 from dspo_core.train.config import TrainConfig
+from pipeline.config_errors import ConfigError, close_matches, describe_errors
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-
-class ConfigError(ValueError):
-    """A profile or override is missing or invalid; the message names it."""
+# The names of dspo_core.sr.BACKBONES and of its DiffusionSRBackbones, spelled out because
+# importing that registry loads torch, diffusers and transformers (~19 s of CPU and 1.1 GB
+# measured on our 2-core machines) and every profile names backbones;
+# tests/test_config_validation.py checks that both lists match the registry.
+BackboneName = Literal["bicubic", "realesrgan", "tiny-sd", "one-step-sd", "sd-x4-upscaler"]
+DiffusionBackboneName = Literal["tiny-sd", "one-step-sd", "sd-x4-upscaler"]
+SR_BACKBONES: tuple[str, ...] = get_args(BackboneName)
+DIFFUSION_BACKBONES: tuple[str, ...] = get_args(DiffusionBackboneName)
+# Shares of ingest.split_fractions may miss 1 by float rounding.
+_SHARE_TOLERANCE = 1e-6
 
 
 class Section(BaseModel):
@@ -40,6 +53,21 @@ class IngestConfig(Section):
         description="Split shares; an image's split follows from its content hash, so it never changes.")
     shard_size: int = Field(16, description="Images per shard (the unit of crash recovery).")
 
+    @field_validator("split_fractions")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        # split_of walks the cumulative shares: a sum under 1 hands the rest to the last split, over 1
+        # starves the last ones, both silently.
+        if not value:
+            raise ValueError("at least one split is needed, e.g. {train: 0.8, val: 0.1, test: 0.1}")
+        outside = {name: share for name, share in value.items() if not 0 <= share <= 1}
+        if outside:
+            raise ValueError(f"shares must lie in [0, 1], got {outside}")
+        total = sum(value.values())
+        if abs(total - 1) > _SHARE_TOLERANCE:
+            raise ValueError(f"shares must sum to 1, got {total:g} ({value})")
+        return value
+
 
 class DegradeConfig(Section):
     """How `hr_images` become (HR crop, LQ) pairs in `lq_pairs`."""
@@ -56,8 +84,8 @@ class DegradeConfig(Section):
 class CandidateSource(Section):
     """One SR backbone and the settings of the candidates it contributes to each sample."""
 
-    backbone: str = Field(description="A name in dspo_core.sr.BACKBONES (bicubic, realesrgan, tiny-sd, "
-                                      "one-step-sd, sd-x4-upscaler).")
+    backbone: BackboneName = Field(description="A name in dspo_core.sr.BACKBONES (bicubic, realesrgan, tiny-sd, "
+                                               "one-step-sd, sd-x4-upscaler).")
     config: dict[str, Any] = Field(default_factory=dict, description="The backbone's own config (see its Config).")
     settings: list[CandidateSettings] = Field(
         default_factory=lambda: [CandidateSettings()],
@@ -66,6 +94,26 @@ class CandidateSource(Section):
         default_factory=dict,
         description="Settings grid, e.g. {guidance_scale: [3, 7], steps: [20, 50]}: every settings entry is "
                     "expanded over the cartesian product (here 4 candidates per entry).")
+
+    @model_validator(mode="after")
+    def _grid_settings(self) -> CandidateSource:
+        # candidate_settings() expands the grid with model_copy, which validates nothing: check here.
+        accepted = list(CandidateSettings.model_fields)
+        for name, values in self.grid.items():
+            if name not in accepted:
+                raise ValueError(f"grid.{name}: unknown candidate setting{close_matches(name, accepted)}; "
+                                 f"accepted: {', '.join(accepted)}")
+            if not values:
+                raise ValueError(f"grid.{name}: an empty list leaves this source without candidates")
+        names = sorted(self.grid)
+        for index, base in enumerate(self.settings):
+            for values in itertools.product(*(self.grid[name] for name in names)):
+                combination = dict(zip(names, values))
+                try:
+                    CandidateSettings.model_validate({**base.model_dump(exclude_unset=True), **combination})
+                except ValidationError as exc:
+                    raise ValueError(f"grid {combination} on settings[{index}]: {describe_errors(exc)}") from None
+        return self
 
     def candidate_settings(self) -> list[CandidateSettings]:
         """The settings of this source's candidates, grid expanded, in a fixed order."""
@@ -137,8 +185,8 @@ class CaptionConfig(Section):
 class TrainStageConfig(Section):
     """How `preferences` fine-tune a diffusion SR backbone with DSPO (`checkpoints`, `train_metrics`)."""
 
-    backbone: str = Field("tiny-sd", description="A DiffusionSRBackbone in dspo_core.sr.BACKBONES "
-                                                 "(tiny-sd, one-step-sd, sd-x4-upscaler).")
+    backbone: DiffusionBackboneName = Field("tiny-sd", description="A DiffusionSRBackbone in dspo_core.sr.BACKBONES "
+                                                                   "(tiny-sd, one-step-sd, sd-x4-upscaler).")
     backbone_config: dict[str, Any] = Field(default_factory=dict,
                                             description="The backbone's own config; s3:// path/lora_path are fetched.")
     train: TrainConfig = Field(default_factory=TrainConfig,
@@ -192,15 +240,30 @@ class PipelineConfig(Section):
     train: TrainStageConfig = Field(default_factory=TrainStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    @model_validator(mode="after")
+    def _known_splits(self) -> PipelineConfig:
+        # ingest assigns the splits; a stage's split that ingest never assigns selects nothing.
+        accepted = list(self.ingest.split_fractions)
+        problems = [f"{section}.splits[{index}]: unknown split {split!r}{close_matches(split, accepted)}; "
+                    f"accepted: {', '.join(accepted)} (the keys of ingest.split_fractions)"
+                    for section in ("degrade", "sample", "train", "evaluate")
+                    for index, split in enumerate(getattr(self, section).splits) if split not in accepted]
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return self
+
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
+    parts = dotted.split(".")
+    if not all(part.strip() for part in parts):
+        raise ConfigError(f"override {dotted!r}: a key part is empty (write section.key=value)")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    node[leaf] = value
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:depth + 1])} is the value {node!r}, "
+                              "not a section with keys")
+    node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -218,13 +281,49 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
-    """Load `configs/<profile>.yaml` (or a YAML path) and apply overrides."""
-    path = Path(profile) if profile.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{profile}.yaml"
+def profile_names() -> list[str]:
+    """The profiles in configs/, by name."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def profile_path(profile: str) -> Path:
+    """The YAML file of `profile`: configs/<profile>.yaml, or the path itself when it ends in .yaml/.yml."""
+    if profile.endswith((".yaml", ".yml")):
+        path = Path(profile)
+        if not path.is_file():
+            raise ConfigError(f"no profile file {profile!r}")
+        return path
+    path = CONFIG_DIR / f"{profile}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"no profile {profile!r} (looked for {path.name}; known: {', '.join(known)})")
-    tree = yaml.safe_load(path.read_text()) or {}
+        known = profile_names()
+        raise ConfigError(f"no profile {profile!r}{close_matches(profile, known)}; known: {', '.join(known)} "
+                          "(configs/*.yaml), or give the path of a .yaml file")
+    return path
+
+
+def _read_profile(path: Path) -> dict:
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile {path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"profile {path}: expected a mapping of sections (ingest:, degrade:, ...), "
+                          f"got {type(tree).__name__}")
+    return tree
+
+
+def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
+    """Load `configs/<profile>.yaml` (or a YAML path), apply overrides and check every key and value.
+
+    Raises:
+        ConfigError: one line naming the unknown profile (and the nearest known ones), the
+            unreadable file, the malformed override, or each dotted key whose key or value is
+            not accepted, with the accepted keys or values.
+    """
+    path = profile_path(profile)
+    tree = _read_profile(path)
     tree.setdefault("profile", path.stem)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     for key, value in items:
@@ -232,5 +331,4 @@ def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | N
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"profile {path.stem!r}: {problems}") from None
+        raise ConfigError(describe_errors(exc, PipelineConfig)) from None

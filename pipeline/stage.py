@@ -38,12 +38,21 @@ import pipeline
 from pipeline.config import PipelineConfig, Section
 from pipeline.stage_models import MODELS
 from storage import DatasetStore
+from storage.manifest import content_fingerprint
 
 log = logging.getLogger("dspo.stage")
 QUARANTINE_KEY = b"dspo_quarantine"
 NOTES_KEY = b"dspo_notes"
 STATS_KEY = b"dspo_stats"
 Model = TypeVar("Model")
+
+
+class StageRefusal(ValueError):
+    """A stage run refused before it could do harm; the message says what to change."""
+
+
+class EmptyOutputError(StageRefusal):
+    """A stage's main output would have no rows: refused, so an empty version never becomes @latest."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class StageResult:
     quarantined: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     side_outputs: dict[str, str] = field(default_factory=dict)
+    #: A forced rerun whose output equals the version it recomputed: that version's ref.
+    identical_to: str | None = None
 
 
 class Stage(abc.ABC):
@@ -202,6 +213,8 @@ def side_key(shard_key: str, dataset: str) -> str:
 
 
 def fingerprint_of(stage: Stage, section: Section, inputs: dict[str, str]) -> str:
+    """The stage's cache key. `inputs` maps each input dataset to its content fingerprint (not
+    its version number), so republishing identical data keeps every downstream cache valid."""
     material = {
         "stage": stage.name,
         "stage_version": stage.version,
@@ -217,19 +230,26 @@ class StageJob:
     """One run of a stage against a store; see the module docstring for the sequence."""
 
     def __init__(self, stage: Stage, store: DatasetStore, config: PipelineConfig,
-                 inputs: dict[str, str] | None = None, force: bool = False, run_id: str | None = None):
+                 inputs: dict[str, str] | None = None, force: bool = False, run_id: str | None = None,
+                 allow_empty: bool = False):
         self.stage, self.store, self.force, self.run_id = stage, store, force, run_id
+        self.allow_empty = allow_empty
         self.section = stage.section(config)
         given = dict(inputs or {})
         accepted = (*stage.inputs, *stage.optional_inputs)
         unknown = set(given) - set(accepted)
         if unknown:
-            raise ValueError(f"stage {stage.name!r} takes inputs {list(accepted)}, not {sorted(unknown)}")
+            raise StageRefusal(f"stage {stage.name!r} takes inputs {list(accepted)}, not {sorted(unknown)}")
         wanted = [*stage.inputs, *(name for name in stage.optional_inputs if name in given or store.versions(name))]
         self.inputs = {name: store.resolve(given.get(name, f"{name}@latest")) for name in wanted}
-        self.fingerprint = fingerprint_of(stage, self.section, self.inputs)
+        self.fingerprint = fingerprint_of(
+            stage, self.section, {name: content_fingerprint(store.manifest(ref)) for name, ref in self.inputs.items()})
         self.started = time.perf_counter()
-        self.cached_ref = None if force else store.find(self.fingerprint, name=stage.output)
+        found = store.find(self.fingerprint, name=stage.output)
+        self.cached_ref = None if force else found
+        #: With `force`: the version a cache hit would have returned, to tell whether the rerun changed anything.
+        self.replaced_ref = found if force else None
+        self.identical_to: str | None = None
         self.scratch = store.scratch(f"{stage.name}-{self.fingerprint[:32]}")
         self.shards: list[Shard] = []
         self.computed = 0
@@ -308,6 +328,22 @@ class StageJob:
                       "config": self.section.model_dump(mode="json")},
             run_id=self.run_id, schema=schema)
 
+    def _refusing_empty(self, batches: Iterator[pa.RecordBatch], collected: dict) -> Iterator[pa.RecordBatch]:
+        """`batches`, raising EmptyOutputError at their end when there were no rows (before the
+        store commits anything) unless the job allows empty output."""
+        rows = 0
+        for batch in batches:
+            rows += batch.num_rows
+            yield batch
+        if rows == 0 and not self.allow_empty:
+            quarantined = collected["quarantine"]
+            why = (f"all {len(quarantined)} items were quarantined (first: {quarantined[0]['item']}: "
+                   f"{quarantined[0]['reason']})" if quarantined else
+                   f"its {len(self.shards)} shards produced no rows" if self.shards else "there was nothing to do")
+            inputs = ", ".join(self.inputs.values()) or "its source"
+            raise EmptyOutputError(f"{self.stage.name}: {self.stage.output} would be empty ({why}; read {inputs}); "
+                                   "nothing was published. Fix the input, or pass --allow-empty to publish it anyway")
+
     def publish(self) -> str:
         """Publish the staged shards: each side output, then the main output as the next version
         of its dataset (naming the side outputs in its metadata); clears scratch."""
@@ -317,8 +353,10 @@ class StageJob:
         side_outputs = {dataset: self._publish_side(dataset, schemas[dataset]) for dataset in self.stage.outputs[1:]}
         schema = schemas[self.stage.output]
         collected: dict[str, list] = {"quarantine": [], "notes": [], "stats": []}
-        batches = (batch for table in self.stage.finalize(self._staged_tables(collected), side_outputs)
-                   for batch in table.select(schema.names).cast(schema).to_batches())
+        batches = self._refusing_empty((batch for table in self.stage.finalize(self._staged_tables(collected),
+                                                                             side_outputs)
+                                        for batch in table.select(schema.names).cast(schema).to_batches()),
+                                       collected)
         metadata = {"stage": self.stage.name, "config": self.section.model_dump(mode="json"),
                     "shards": len(self.shards), **self.stage.metadata(self.section)}
         if side_outputs:
@@ -333,6 +371,11 @@ class StageJob:
         log.info("%s: published %s%s (%d shards computed, %d reused, %d quarantined)", self.stage.name, self.ref,
                  "".join(f", {ref}" for ref in side_outputs.values()), self.computed,
                  len(self.shards) - self.computed, len(collected["quarantine"]))
+        if self.replaced_ref and (content_fingerprint(self.store.manifest(self.ref))
+                                  == content_fingerprint(self.store.manifest(self.replaced_ref))):
+            self.identical_to = self.replaced_ref
+            log.info("%s: forced rerun: %s is byte-identical to %s; downstream caches stay valid",
+                     self.stage.name, self.ref, self.replaced_ref)
         return self.ref
 
     def result(self) -> StageResult:
@@ -342,14 +385,15 @@ class StageJob:
             shards_total=len(self.shards), shards_computed=self.computed,
             quarantined=manifest["metadata"].get("quarantine", []),
             seconds=round(time.perf_counter() - self.started, 3),
-            side_outputs=dict(manifest["metadata"].get("side_outputs", {})),
+            side_outputs=dict(manifest["metadata"].get("side_outputs", {})), identical_to=self.identical_to,
         )
 
 
 def run_stage(stage: Stage, store: DatasetStore, config: PipelineConfig, inputs: dict[str, str] | None = None,
-              force: bool = False, run_id: str | None = None) -> StageResult:
-    """Run a stage in-process: cache check, missing shards in order, publish."""
-    job = StageJob(stage, store, config, inputs=inputs, force=force, run_id=run_id)
+              force: bool = False, run_id: str | None = None, allow_empty: bool = False) -> StageResult:
+    """Run a stage in-process: cache check, missing shards in order, publish (an empty main
+    output is refused with EmptyOutputError unless `allow_empty`)."""
+    job = StageJob(stage, store, config, inputs=inputs, force=force, run_id=run_id, allow_empty=allow_empty)
     if not job.cached:
         for shard in job.pending_shards():
             job.run_shard(shard)

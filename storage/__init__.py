@@ -9,8 +9,8 @@ It knows nothing of DSPO: any Arrow table, by name and version.
 """
 from storage.errors import (
     ChecksumMismatchError, ConditionalWriteUnsupportedError, DatasetNotFoundError, InvalidNameError,
-    ManifestError, SchemaMismatchError, StorageUnavailableError, StoragePermissionError, StoreError,
-    TagExistsError, TagNotFoundError, VersionNotFoundError,
+    ManifestError, MissingCredentialsError, SchemaMismatchError, StorageUnavailableError, StoragePermissionError,
+    StoreError, StoreNotFoundError, TagExistsError, TagNotFoundError, VersionNotFoundError,
 )
 from storage.images import IMAGE_TYPE, decode_image, encode_png, image_array, image_cell, image_columns
 from storage.refs import DatasetRef, validate_name
@@ -21,5 +21,6 @@ __all__ = [
     "IMAGE_TYPE", "decode_image", "encode_png", "image_array", "image_cell", "image_columns",
     "StoreError", "InvalidNameError", "DatasetNotFoundError", "VersionNotFoundError", "TagNotFoundError",
     "TagExistsError", "ManifestError", "SchemaMismatchError", "ConditionalWriteUnsupportedError",
-    "StoragePermissionError", "StorageUnavailableError", "ChecksumMismatchError",
+    "StoragePermissionError", "StorageUnavailableError", "ChecksumMismatchError", "StoreNotFoundError",
+    "MissingCredentialsError",
 ]

@@ -13,6 +13,12 @@ class DatasetNotFoundError(StoreError, LookupError):
     """The dataset has no published version in this store."""
 
 
+class StoreNotFoundError(DatasetNotFoundError):
+    """The store itself is not there: no root folder (file://), no bucket (s3://), nothing written
+    (memory://). Reading a mistyped location must say so, not look like reading an empty store;
+    a subclass of DatasetNotFoundError because no dataset is found there either."""
+
+
 class VersionNotFoundError(StoreError, LookupError):
     """The dataset exists but not at the requested version."""
 
@@ -39,6 +45,10 @@ class ConditionalWriteUnsupportedError(StoreError):
 
 class StoragePermissionError(StoreError, PermissionError):
     """The service refused access (HTTP 403): credentials or policy are wrong."""
+
+
+class MissingCredentialsError(StoreError):
+    """No credentials were found for an s3:// store (arguments, environment, AWS profile, role)."""
 
 
 class StorageUnavailableError(StoreError):

@@ -19,6 +19,7 @@ A manifest is a JSON object with these fields:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timezone
 
@@ -69,6 +70,15 @@ def build_manifest(*, name: str, version: int, files: list[dict], schema: pa.Sch
         "metadata": metadata,
         "txn": txn,
     }
+
+
+def content_fingerprint(manifest: dict) -> str:
+    """A hash of what a version holds: its data files' checksums and row counts in order, and
+    its exact Arrow schema. Two versions with equal content fingerprints hold the same rows,
+    whatever their version numbers, lineage or metadata say."""
+    material = {"files": [[item["rows"], item["sha256"]] for item in manifest["files"]],
+                "arrow_schema": manifest["arrow_schema"]}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def encode_manifest(manifest: dict) -> bytes:

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from storage import retry
 from storage.backends import Backend, open_backend
 from storage.errors import (
-    ConditionalWriteUnsupportedError, DatasetNotFoundError, TagExistsError, TagNotFoundError,
-    VersionNotFoundError,
+    ConditionalWriteUnsupportedError, DatasetNotFoundError, InvalidNameError, StoreNotFoundError, TagExistsError,
+    TagNotFoundError, VersionNotFoundError,
 )
 from storage.images import image_columns, image_features
 from storage.manifest import (
@@ -37,6 +37,16 @@ from storage.refs import LATEST, DatasetRef, format_ref, validate_name, validate
 from storage.writer import PartWriter, as_batches
 
 log = logging.getLogger("storage")
+
+
+def _parse(ref: "str | DatasetRef") -> DatasetRef:
+    """DatasetRef.parse, its errors naming the whole ref as typed ("name@" is not just a bad tag '')."""
+    try:
+        return DatasetRef.parse(ref)
+    except InvalidNameError as exc:
+        if isinstance(ref, str) and repr(ref) not in str(exc):
+            raise InvalidNameError(f"invalid dataset ref {ref!r} (name@vN, name@latest or name@<tag>): {exc}") from None
+        raise
 
 
 class DatasetStore:
@@ -161,6 +171,29 @@ class DatasetStore:
                 break
         return str(pinned)
 
+    # ----------------------------------------------------------------- existence
+    def exists(self) -> bool:
+        """Whether the store is there: file:// its root folder exists; s3:// its bucket exists
+        and answers (any prefix of it is a store, empty until the first publish); memory://
+        something was written under its root in this process. Opening a store creates nothing;
+        reads of one that is not there see no datasets. Raises MissingCredentialsError,
+        StoragePermissionError or StorageUnavailableError when the service cannot tell."""
+        return self.backend.missing_root() is None
+
+    def require(self, *, publishing: bool = False) -> None:
+        """Raise StoreNotFoundError naming the store and why it is not there, unless it exists
+        or (`publishing`) a publish can create it: a folder can be created, a bucket cannot."""
+        reason = self.backend.missing_root()
+        if reason is not None and not (publishing and self.backend.creates_root):
+            raise StoreNotFoundError(f"no dataset store at {self.uri} ({reason})")
+
+    def _not_found(self, name: str) -> DatasetNotFoundError:
+        """The error for a dataset without versions: StoreNotFoundError when the whole store is absent."""
+        reason = self.backend.missing_root()
+        if reason is not None:
+            return StoreNotFoundError(f"no dataset store at {self.uri} ({reason}), so no dataset {name!r}")
+        return DatasetNotFoundError(f"dataset {name!r} has no published version in {self.uri}")
+
     # ----------------------------------------------------------------- naming
     def datasets(self) -> list[str]:
         """Names of the datasets with at least one published version."""
@@ -198,19 +231,19 @@ class DatasetStore:
 
     def resolve(self, ref: "str | DatasetRef") -> str:
         """Pin a ref: "preferences@latest" -> "preferences@v2"; also checks that a pinned version exists."""
-        parsed = DatasetRef.parse(ref)
+        parsed = _parse(ref)
         if parsed.version is not None:
             self.manifest(str(parsed))
             return str(parsed)
         if parsed.selector == LATEST:
             version = self.latest_version(parsed.name)
             if version == 0:
-                raise DatasetNotFoundError(f"dataset {parsed.name!r} has no published version in {self.uri}")
+                raise self._not_found(parsed.name)
             return format_ref(parsed.name, version)
         current = self.backend.get(f"{parsed.name}/_tags/{parsed.selector}")
         if current is None:
             if not self.versions(parsed.name):
-                raise DatasetNotFoundError(f"dataset {parsed.name!r} has no published version in {self.uri}")
+                raise self._not_found(parsed.name)
             known = sorted(self.tags(parsed.name))
             raise TagNotFoundError(f"no tag {parsed.selector!r} for dataset {parsed.name!r} in {self.uri} "
                                    f"(tags: {', '.join(known) or 'none'})")
@@ -218,7 +251,7 @@ class DatasetStore:
 
     def manifest(self, ref: "str | DatasetRef") -> dict:
         """The manifest of a version (see storage.manifest for its fields)."""
-        parsed = DatasetRef.parse(ref)
+        parsed = _parse(ref)
         if parsed.version is None:
             parsed = DatasetRef.parse(self.resolve(parsed))
         return self._load_manifest(parsed.name, parsed.version)
@@ -230,7 +263,7 @@ class DatasetStore:
         found = self.backend.get(manifest_key(name, version))
         if found is None:
             if not self.versions(name):
-                raise DatasetNotFoundError(f"dataset {name!r} has no published version in {self.uri}")
+                raise self._not_found(name)
             raise VersionNotFoundError(f"{format_ref(name, version)} does not exist in {self.uri} "
                                        f"(latest is v{self.latest_version(name)})")
         manifest = decode_manifest(found[0], f"{format_ref(name, version)} in {self.uri}")

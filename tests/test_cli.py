@@ -218,6 +218,60 @@ def test_errors_are_one_line(runner, env, local, tmp_path):
     assert_error_line(invoke(runner, env, "datasets", "ls", "--store", str(tmp_path / "file" / "store")))
 
 
+def test_existing_empty_store_lists_nothing_and_missing_one_is_an_error(runner, env, tmp_path):
+    """An existing folder nothing was published to is an empty store (exit 0); a missing one is an
+    error for every read, and a warning for doctor (the first publish creates it); none creates it."""
+    (tmp_path / "empty").mkdir()
+    result = invoke(runner, env, "datasets", "ls", "--store", str(tmp_path / "empty"))
+    assert result.exit_code == 0 and result.stdout == f"no datasets in file://{tmp_path}/empty\n"
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert_error_line(invoke(runner, env, "datasets", "ls", "--store", str(tmp_path / "missing")),
+                      f"no dataset store at file://{tmp_path}/missing (the folder does not exist)",
+                      f"dspo ingest SOURCE --store file://{tmp_path}/missing")
+    result = invoke(runner, env, "doctor", "--store", str(tmp_path / "missing"))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^warn +store +no dataset store at file://\S+/missing yet: the first publish creates it",
+                     result.stdout, re.MULTILINE)
+    assert re.search(r"^warn +conditional writes +not checked: the store does not exist yet", result.stdout, re.MULTILINE)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_labels_import_reports_duplicates(runner, env, tmp_path):
+    """The same labels again: `duplicate` lines, counted, exit 0 with "nothing new"; duplicates
+    beside a rejection and nothing accepted: exit 1; beside a new label: imported, counted."""
+    store = DatasetStore(str(tmp_path / "store"))
+    mask = pa.array([{"size": [4, 4], "counts": "0"}] * 2, pa.struct([("size", pa.list_(pa.int64())),
+                                                                      ("counts", pa.string())]))
+    store.publish("sr_candidates", pa.table({"candidate_id": ["c1", "c2", "c3"], "sample_id": ["s1"] * 3}))
+    store.publish("instances", pa.table({"instance_id": ["i1", "i2"], "sample_id": ["s1", "s1"], "mask": mask}))
+    header = "sample_id,instance_id,best,worst,hallucination,description,annotator\n"
+    first = tmp_path / "labels.csv"
+    first.write_text(header + "s1,i1,c1,c2,no,,alice\n")
+
+    def import_file(path: Path):
+        return invoke(runner, env, "labels", "import", str(path), "--store", store.uri)
+
+    result = import_file(first)
+    assert result.exit_code == 0 and "into human_labels@v1: 1 read, 1 accepted, 0 rejected;" in result.stdout
+    again = import_file(first)
+    assert again.exit_code == 0, again.output
+    assert again.stdout == ("nothing new in labels.csv (1 read, 0 accepted, 0 rejected, 1 duplicate(s)): every label "
+                            "is already in human_labels@v1; nothing published\n")
+    assert again.stderr.startswith("duplicate line 2: i1: duplicate of the label by alice in human_labels@v1")
+    assert store.versions("human_labels") == [1]
+    conflicting = tmp_path / "conflicting.csv"
+    conflicting.write_text(header + "s1,i1,c1,c2,no,,alice\ns1,i1,c3,c2,no,,alice\n")
+    result = import_file(conflicting)
+    assert result.exit_code == 1 and "no label accepted from conflicting.csv" in result.stderr
+    assert [line.split(":")[0] for line in result.stderr.splitlines()[:2]] == ["rejected line 3", "duplicate line 2"]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(header + "s1,i1,c1,c2,no,,alice\ns1,i2,c3,c1,no,,alice\n")
+    result = import_file(mixed)
+    assert result.exit_code == 0, result.output
+    assert "into human_labels@v2: 2 read, 1 accepted, 0 rejected, 1 duplicate(s);" in result.stdout
+    assert result.stderr.startswith("duplicate line 2: i1") and "error:" not in result.output
+
+
 def test_store_from_environment_then_project_folder(runner, env, local, tmp_path, monkeypatch):
     """Without --store: $DSPO_STORE, else .dspo/store of the nearest folder with a pyproject.toml."""
     uri, _, _ = local
@@ -268,11 +322,12 @@ def test_s3_store(runner, env, s3_server, s3_bucket, tmp_path):
     assert "testing" not in result.output  # the test credentials
 
     missing = "s3://no-such-bucket-here/root"
-    assert_error_line(invoke(runner, s3_env, "datasets", "ls", "--store", missing), "bucket does not exist")
+    assert_error_line(invoke(runner, s3_env, "datasets", "ls", "--store", missing),
+                      "no dataset store at s3://no-such-bucket-here/root (no bucket 'no-such-bucket-here'")
     result = invoke(runner, s3_env, "doctor", "--store", missing)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     failures = [line for line in result.output.splitlines() if line.startswith("fail")]
-    assert len(failures) == 1 and "the bucket does not exist" in failures[0]
+    assert len(failures) == 1 and "no bucket 'no-such-bucket-here'" in failures[0]
     assert "Traceback" not in result.output and "testing" not in result.output
 
 
@@ -292,7 +347,7 @@ def test_console_script(local, tmp_path, s3_server):
     assert "hr_images" in listed.stdout and "sr_candidates" in listed.stdout
     for args, extra_env, fragment in [
         (("datasets", "show", "nope@v1", "--store", uri), None, "'nope'"),
-        (("datasets", "ls", "--store", "s3://no-such-bucket-here"), s3_server.env(), "bucket does not exist"),
+        (("datasets", "ls", "--store", "s3://no-such-bucket-here"), s3_server.env(), "no bucket 'no-such-bucket-here'"),
     ]:
         failed = run_dspo(*args, cwd=tmp_path, extra_env=extra_env)
         assert failed.returncode == 2 and failed.stdout == ""

@@ -4,6 +4,8 @@
     prefect deployment run dspo/full-pipeline --watch     (test profile, store on moto's S3 server)
     prefect deployment run dspo-segment/stage --watch     (force: a new `instances` version only)
     a stage that fails: the parent fails, nothing is published, the stage's run is retried alone
+    dspo pipeline with a mistyped profile or key: one error line at once, nothing submitted
+    dspo pipeline with a stage that fails: one error line naming the stage's flow run and the reason
     dspo down                                every process it started is gone
 
 One stack for the module (its start costs ~30 s); each test has its own bucket. The worker (and
@@ -247,3 +249,50 @@ def test_failed_stage_fails_the_parent_and_is_retried_alone(running_stack, s3_se
     runs = running_stack.runs_by_flow(store_uri)
     assert sorted(runs) == ["dspo", "dspo-ingest"] and len(runs["dspo-ingest"]) == 1
     assert runs["dspo"][0]["state_type"] == "FAILED"
+
+
+def test_dspo_pipeline_checks_the_profile_before_submitting(running_stack):
+    """A mistyped profile or metric is one error line at once; nothing reaches the server."""
+    def flow_runs() -> int:
+        return len(api("POST", f"{running_stack.api_url}/flow_runs/filter", {"limit": 200}))
+
+    before = flow_runs()
+    for args, message in [(["--profile", "dmeo"], "error: no profile 'dmeo' (did you mean demo?)"),
+                          (["--set", "score.iqa.metircs=[psnr]"], "error: score.iqa.metircs: unknown key (did you "
+                                                                  "mean metrics?)")]:
+        started = time.monotonic()
+        result = run([DSPO, "pipeline", *args, "--state-dir", running_stack.state], running_stack.env, timeout=120)
+        assert result.returncode == 2 and result.stdout == "", explain(result, running_stack.state)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(message), result.stderr
+        print(f"dspo pipeline {' '.join(args)}: {time.monotonic() - started:.1f}s")
+    assert flow_runs() == before
+
+
+def test_dspo_pipeline_names_the_failed_stage(running_stack, s3_server, s3_bucket, tmp_path):
+    """`dspo pipeline` with a stage that fails (ingest's source folder is missing): exit 1 and one
+    error line naming the stage, its flow run's name, id and UI page, and the reason; what was
+    submitted and watched is the pipeline run the line refers to."""
+    store_uri, store = s3_store(s3_server, s3_bucket)
+    source = tmp_path / "photos"
+    result = run([DSPO, "pipeline", "--profile", "test", "--store", store_uri, "--set", f"ingest.source={source}",
+                  "--state-dir", running_stack.state], running_stack.env, timeout=600)
+    assert result.returncode == 1, explain(result, running_stack.state)
+
+    runs = running_stack.runs_by_flow(store_uri)
+    assert sorted(runs) == ["dspo", "dspo-ingest"]
+    (parent,), (ingest,) = runs["dspo"], runs["dspo-ingest"]
+    assert parent["state_type"] == "FAILED" and ingest["state_type"] == "FAILED"
+    ui = stack.status(str(running_stack.state))["ui_url"]
+    assert (f"created flow run '{parent['name']}' ({parent['id']}, {ui}/runs/flow-run/{parent['id']}) of "
+            "dspo/full-pipeline") in result.stdout
+    assert f"runs, logs and artifacts: {ui}/runs" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    expected = f"error: stage ingest failed in flow run '{ingest['name']}' ({ingest['id']}, {ui}/runs/flow-run/{ingest['id']}): "
+    assert errors[0].startswith(expected), errors[0]
+    assert str(source) in errors[0] and "is not a folder" in errors[0]
+    assert errors[0].endswith(f"then pipeline run '{parent['name']}'")
+    # The parent's own failed state, what the UI shows on the `dspo` run, names the child's page too.
+    assert f"stage ingest: flow run {ingest['name']} ({ingest['id']}, {ui}/runs/flow-run/{ingest['id']})" in \
+        parent["state"]["message"]
+    assert store.datasets() == []

@@ -89,7 +89,8 @@ def test_one_flow_per_stage_named_after_it():
     for name, stage_flow in STAGE_FLOWS.items():
         assert stage_flow.name == f"dspo-{name}"
         assert getattr(stage_flows, f"dspo_{name}") is stage_flow
-        assert list(stage_flow.parameters.properties) == ["store", "inputs", "profile", "overrides", "force"]
+        assert list(stage_flow.parameters.properties) == ["store", "inputs", "profile", "overrides", "force",
+                                                          "allow_empty"]
     assert parent_module.dspo.name == "dspo"
 
 

@@ -96,8 +96,8 @@ def test_config_defaults_and_validation():
         IQAConfig(metrics=["fid"])
     with pytest.raises(ValidationError):
         IQAConfig(metrics=[])
-    with pytest.raises(KeyError, match="not_a_metric"):
-        IQAScorer(IQAConfig(metrics=["not_a_metric"]))
+    with pytest.raises(ValidationError, match="unknown IQA metric 'not_a_metric'"):
+        IQAConfig(metrics=["not_a_metric"])
 
 
 def test_describe_records_kind_direction_and_version():

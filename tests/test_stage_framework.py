@@ -179,3 +179,31 @@ def test_model_builds_never_interleave_and_free_instances_are_reused():
     with cache.borrow(("stage", "model", "{}"), build) as model:
         assert model in held  # a free one, not a fifth build
     assert cache.instances(("stage", "model", "{}")) == 4
+
+
+def test_caches_follow_content_not_version_numbers(store, stage):
+    config = load_config("test")
+    first = run_stage(stage, store, config)
+    store.publish("numbers", pa.table({"value": pa.array(range(12), pa.int64())}))  # the same rows again
+    assert store.resolve("numbers@latest") == "numbers@v2"
+    again = run_stage(stage, store, config, inputs={"numbers": "numbers@v2"})
+    assert again.cache_hit and again.ref == first.ref
+    store.publish("numbers", pa.table({"value": pa.array(range(13), pa.int64())}))  # different rows
+    assert not run_stage(stage, store, config).cache_hit
+
+
+class SquaresWithoutRefs(SquaresStage):
+    """Rows that name no version (SquaresStage's name their side output's version, so they differ)."""
+
+    def finalize(self, tables, side_outputs):
+        return tables
+
+
+def test_a_forced_rerun_with_identical_output_says_so(store):
+    config = load_config("test")
+    stage = SquaresWithoutRefs(SPEC)
+    stage.used = []
+    run_stage(stage, store, config)
+    forced = run_stage(stage, store, config, force=True)
+    assert forced.ref == "squares@v2" and forced.identical_to == "squares@v1"
+    assert run_stage(stage, store, config).identical_to is None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import numpy as np
 import pyarrow as pa
@@ -9,10 +10,10 @@ import pyarrow.compute as pc
 import pytest
 
 from storage import (
-    DatasetNotFoundError, DatasetStore, InvalidNameError, ManifestError, SchemaMismatchError, TagExistsError,
-    TagNotFoundError, VersionNotFoundError, image_array,
+    DatasetNotFoundError, DatasetStore, InvalidNameError, ManifestError, MissingCredentialsError, SchemaMismatchError,
+    StorageUnavailableError, StoreNotFoundError, TagExistsError, TagNotFoundError, VersionNotFoundError, image_array,
 )
-from store_params import BACKEND_KINDS, store_location
+from store_params import BACKEND_KINDS, s3_options, store_location
 
 
 @pytest.fixture(params=BACKEND_KINDS)
@@ -150,13 +151,87 @@ def test_bad_tags_and_refs_rejected(store):
 
 
 def test_missing_things_give_clear_errors(store):
-    with pytest.raises(DatasetNotFoundError, match="'ghost' has no published version"):
+    with pytest.raises(DatasetNotFoundError, match="'ghost'"):
         store.resolve("ghost@latest")
     with pytest.raises(DatasetNotFoundError, match="'ghost'"):
         store.read_arrow("ghost@v1")
     store.publish("real", make_table(1))
+    with pytest.raises(DatasetNotFoundError, match="'ghost' has no published version"):
+        store.resolve("ghost@latest")
     with pytest.raises(VersionNotFoundError, match=r"real@v5 does not exist.*latest is v1"):
         store.manifest("real@v5")
+    with pytest.raises(InvalidNameError, match=r"invalid dataset ref 'real@' .*invalid tag ''"):
+        store.resolve("real@")
+
+
+def test_opening_and_reading_create_nothing(store, location, tmp_path):
+    """A store nothing was published to: a folder or memory root is not there until the first
+    publish (reads see nothing, say "no dataset store", and create nothing); an unused prefix
+    of an existing bucket is an empty store (S3 has no folders to tell them apart)."""
+    uri = location[0]
+    is_s3 = uri.startswith("s3://")
+    assert store.exists() is is_s3
+    assert (store.datasets(), store.versions("x"), store.tags("x"), store.gc(older_than=0)) == ([], [], {}, [])
+    if is_s3:
+        store.require()
+        with pytest.raises(DatasetNotFoundError, match="'x' has no published version") as raised:
+            store.resolve("x")
+        assert not isinstance(raised.value, StoreNotFoundError)
+    else:
+        with pytest.raises(StoreNotFoundError, match=rf"no dataset store at {uri}.*so no dataset 'x'"):
+            store.resolve("x@latest")
+        with pytest.raises(StoreNotFoundError, match=rf"^no dataset store at {uri} \((the folder does not exist|"
+                                                     r"nothing was written under it in this process)\)$"):
+            store.require()
+        store.require(publishing=True)  # a publish creates a folder
+        assert not (tmp_path / "store").exists()
+    store.publish("x", make_table(1))
+    assert store.exists() and store.resolve("x") == "x@v1"
+    store.require()
+
+
+def test_a_file_where_the_store_folder_should_be(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    store = DatasetStore(str(tmp_path / "file"))
+    with pytest.raises(StoreNotFoundError, match="it is a file, not a folder"):
+        store.require()
+    assert store.datasets() == []
+    with pytest.raises(OSError):
+        store.publish("x", make_table(1))
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_s3_store_that_is_not_there_or_cannot_be_reached(s3_server, s3_bucket, monkeypatch, tmp_path):
+    """A missing bucket is a missing store even for a publish (buckets are never created); no
+    credentials and a closed port are errors that say what to set, naming the store."""
+    missing = DatasetStore("s3://no-such-bucket-here/x", s3_options(s3_server))
+    assert not missing.exists()
+    with pytest.raises(StoreNotFoundError, match=r"no dataset store at s3://no-such-bucket-here/x "
+                                                 r"\(no bucket 'no-such-bucket-here' at http://127\.0\.0\.1:"):
+        missing.require(publishing=True)
+    with pytest.raises(StorageUnavailableError, match="no-such-bucket-here/x/t/_latest: the bucket does not exist"):
+        missing.resolve("t")
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    anonymous = DatasetStore(f"s3://{s3_bucket}/x", {"endpoint_url": s3_server.endpoint_url})
+    with pytest.raises(MissingCredentialsError, match=rf"open s3://{s3_bucket}/x: no usable AWS credentials "
+                                                      r"\(Unable to locate credentials\); set AWS_ACCESS_KEY_ID "
+                                                      r"and AWS_SECRET_ACCESS_KEY \(or AWS_PROFILE"):
+        anonymous.exists()
+    with pytest.raises(MissingCredentialsError, match=rf"read s3://{s3_bucket}/x/t/_latest: .*AWS_ENDPOINT_URL"):
+        anonymous.resolve("t")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    unreachable = DatasetStore(f"s3://{s3_bucket}/x", s3_options(s3_server, closed))
+    with pytest.raises(StorageUnavailableError, match=rf"open s3://{s3_bucket}/x: cannot reach the S3 endpoint "
+                                                      rf"{closed} .*check AWS_ENDPOINT_URL"):
+        unreachable.exists()
 
 
 def test_unreadable_manifest_is_a_clear_error(store):

@@ -16,9 +16,12 @@ Pure pydantic: importing this module imports neither torch nor transformers.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class _Config(BaseModel):
@@ -103,6 +106,13 @@ class CaptionerConfig(_Config):
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N', or 'auto' (cuda when available)")
     dtype: Dtype = Field("float32", description="model weights dtype; 'auto' keeps the checkpoint's")
     trust_remote_code: bool = Field(False, description="allow custom modelling code stored with the model (never fetched)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"unknown device {value!r}; accepted: auto, cpu, mps, cuda, cuda:N")
+        return value
 
 
 class FeedbackConfig(_Config):

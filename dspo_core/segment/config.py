@@ -142,5 +142,5 @@ class SegmenterConfig(BaseModel):
     @classmethod
     def _check_device(cls, value: str) -> str:
         if not _DEVICE.match(value):
-            raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {value!r}")
+            raise ValueError(f"unknown device {value!r}; accepted: auto, cpu, mps, cuda, cuda:N")
         return value

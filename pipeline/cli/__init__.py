@@ -16,8 +16,8 @@ app = typer.Typer(
     cls=ReportingGroup,
     no_args_is_help=True,
     help="DSPO super-resolution preference pipeline.",
-    # Storage failures are reported as one `error:` line; anything else is a bug, and a
-    # plain traceback (without local variables, which could hold credentials) is its report.
+    # ReportingGroup turns every failure of a command into one `error:` line; should anything
+    # escape it, typer's traceback must not print local variables (they may hold credentials).
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(datasets.app, name="datasets")

@@ -38,7 +38,7 @@ def list_datasets(store: StoreOption = None) -> None:
         names = opened.datasets()
         out = console()
         if not names:
-            out.print(f"no datasets in {opened.uri}", highlight=False)
+            out.print(Text(f"no datasets in {opened.uri}"), soft_wrap=True)
             return
         # A heading line, not a table title: a title wraps at the table's width, splitting the URI.
         out.print(Text(f"datasets in {opened.uri}"), soft_wrap=True)

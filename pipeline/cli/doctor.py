@@ -38,9 +38,16 @@ class Check:
 
 
 def check_store(uri: str | None) -> Iterator[Check]:
-    """The store answers a listing, and honours the conditional writes publishing relies on."""
+    """The store is there (or a publish can create it), answers a listing, and honours the
+    conditional writes publishing relies on. Creates nothing: a folder store that does not
+    exist yet is a warning (the first publish creates it), a missing bucket a failure."""
     try:
-        with opened_store(uri) as store:
+        with opened_store(uri, publishing=True) as store:
+            if not store.exists():
+                yield Check("store", WARN, f"no dataset store at {store.uri} yet: the first publish creates it "
+                                           "(dspo ingest SOURCE); check the path if you expected datasets there")
+                yield Check("conditional writes", WARN, "not checked: the store does not exist yet")
+                return
             names = store.datasets()
             yield Check("store", OK, f"{store.uri}: reachable, {len(names)} datasets")
             try:

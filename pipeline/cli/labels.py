@@ -10,9 +10,11 @@ labelling tasks, and run the labelling web app.
                      [--scores REF | --no-scores] [--hide-hr] [--store URI]
     dspo label add-annotator NAME [--replace] [--state-dir DIR]      prints the new token once
 
-`import` exits 0 when at least one label was accepted, 1 when every label was rejected (or
-the file held none), 2 when the file or the store cannot be used. Rejected labels are
-printed one per line on stderr: `rejected <line/row/task>: <id>: <reason>`.
+`import` exits 0 when at least one label was accepted or every label is a duplicate of one
+already imported ("nothing new"), 1 when no label was accepted and some were rejected (or
+the file held none), 2 when the file or the store cannot be used. Rejected and duplicate
+labels are printed one per line on stderr: `rejected <line/row/task>: <id>: <reason>`,
+`duplicate <line/row/task>: <id>: duplicate of ...`.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ IMPORT_HELP = (
     "hallucination (true/false/1/0/yes/no), description, annotator; optional mask (COCO RLE JSON) and "
     "labelled_at. Label Studio JSON exports: ranker, pairwise, choices, textarea and brush results "
     "(see pipeline.labels.label_studio).\n\n"
-    "Exit status: 0 if a label was accepted, 1 if none was, 2 if the file or the store cannot be used."
+    "Exit status: 0 if a label was accepted or all are duplicates of imported ones (nothing new), 1 if none "
+    "was accepted and some were rejected, 2 if the file or the store cannot be used."
 )
 EXPORT_HELP = (
     "Write labelling tasks, one per instance (by sample, then instance index): crops of the instance from "
@@ -82,15 +85,23 @@ def import_command(
     errors = console(stderr=True)
     for rejection in report.rejected:
         errors.print(Text(f"rejected {rejection}"), soft_wrap=True, highlight=False)
+    for duplicate in report.duplicates:
+        errors.print(Text(f"duplicate {duplicate}"), soft_wrap=True, highlight=False)
     counts = (f"{report.read} read, {report.accepted} accepted, {len(report.rejected)} rejected"
+              + (f", {len(report.duplicates)} duplicate(s)" if report.duplicates else "")
               + (f", {report.skipped} skipped" if report.skipped else "")
               + (f"; {report.hallucination_without_description} hallucination flag(s) without a description"
                  if report.hallucination_without_description else ""))
+    out = console()
+    if not report.accepted and report.duplicates and not report.rejected:
+        # Importing the same file again is idempotent, not a failure.
+        out.print(Text(f"nothing new in {report.source_file} ({counts}): every label is already in "
+                       f"{report.previous}; nothing published"), soft_wrap=True)
+        return
     if not report.accepted:
         errors.print(Text(f"no label accepted from {report.source_file} ({counts}); nothing published"),
                      soft_wrap=True, highlight=False)
         raise typer.Exit(1)
-    out = console()
     if report.ref is None:
         out.print(Text(f"dry run: {report.source_file} ({report.format}): {counts}; nothing published"),
                   soft_wrap=True)
@@ -127,7 +138,8 @@ def export_command(
 
 StateDirOption = Annotated[Path | None, typer.Option(
     "--state-dir", metavar="DIR", envvar="DSPO_LABEL_DIR", show_default=False,
-    help="The labelling app's state: annotator token hashes and the cookie key. Default: $DSPO_LABEL_DIR, else "
+    help="The labelling app's state: annotator token hashes, login sessions, the CSRF key and the journal of "
+         "unpublished labels. Default: $DSPO_LABEL_DIR, else "
          ".dspo/label in the project folder.")]
 
 
@@ -142,8 +154,8 @@ def serve_command(
     state_dir: StateDirOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Publish once this many labels wait.")] = 20,
     batch_seconds: Annotated[float, typer.Option("--batch-seconds", min=0.01,
-                                                 help="... or once the oldest waiting label is this old (the "
-                                                      "most a killed server can lose).")] = 30.0,
+                                                 help="... or once the oldest waiting label is this old (waiting "
+                                                      "labels are journalled: a killed server loses none).")] = 30.0,
     candidates: Annotated[str, typer.Option("--candidates", metavar="REF", help="Candidates to show.")
                           ] = "sr_candidates@latest",
     instances: Annotated[str, typer.Option("--instances", metavar="REF", help="Instances to label.")

@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from pipeline.cli.common import StoreOption, console, opened_store
+from pipeline.cli.common import CommandError, StoreOption, console, doing, opened_store
 from pipeline.config import load_config
 from pipeline.stage import StageResult, run_stage
 
@@ -14,6 +15,9 @@ ProfileOption = Annotated[str, typer.Option("--profile", "-p",
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE",
                                                      help="Config override, e.g. degrade.seed=3 (repeatable).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Recompute even if a version with this fingerprint exists.")]
+AllowEmptyOption = Annotated[bool, typer.Option(
+    "--allow-empty", help="Publish a stage output that has no rows (refused by default, so an empty version "
+                          "never becomes @latest).")]
 
 
 def _print_results(results: list[StageResult]) -> None:
@@ -27,8 +31,13 @@ def _print_results(results: list[StageResult]) -> None:
                       f"{result.seconds:.1f}")
     console().print(table)
     for result in results:
+        if result.identical_to:
+            console().print(f"{result.stage}: forced rerun: {result.ref} is byte-identical to {result.identical_to}; "
+                            "downstream caches stay valid", markup=False)
         for record in result.quarantined:
-            console(stderr=True).print(f"[yellow]quarantined[/] {result.stage}: {record['item']}: {record['reason']}")
+            # Items are file names and reasons quote them: printed literally, never as markup.
+            console(stderr=True).print(f"[yellow]quarantined[/] {result.stage}: {escape(str(record['item']))}: "
+                                       f"{escape(str(record['reason']))}", soft_wrap=True, highlight=False)
 
 
 def stage(
@@ -38,16 +47,21 @@ def stage(
     profile: ProfileOption = "demo",
     overrides: SetOption = None,
     force: ForceOption = False,
+    allow_empty: AllowEmptyOption = False,
     store: StoreOption = None,
 ) -> None:
     """Run one stage on the latest (or given) input versions and publish its dataset."""
     from pipeline.stages import STAGES  # imports the ML stack: only for commands that run stages
 
     if name not in STAGES:
-        raise typer.BadParameter(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        raise CommandError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    config = load_config(profile, overrides)  # before STAGES[name], which imports the stage's models
+    chosen = STAGES[name]
     given = {ref.partition("@")[0]: ref for ref in inputs or []}
-    with opened_store(store) as opened:
-        _print_results([run_stage(STAGES[name], opened, load_config(profile, overrides), inputs=given, force=force)])
+    doing(f"stage {name}")
+    # A stage with inputs reads them first, so its store must exist; ingest may create one.
+    with opened_store(store, publishing=not chosen.inputs) as opened:
+        _print_results([run_stage(chosen, opened, config, inputs=given, force=force, allow_empty=allow_empty)])
 
 
 def ingest(
@@ -55,20 +69,25 @@ def ingest(
     profile: ProfileOption = "demo",
     overrides: SetOption = None,
     force: ForceOption = False,
+    allow_empty: AllowEmptyOption = False,
     store: StoreOption = None,
 ) -> None:
     """Ingest source images into `hr_images` (bad files are reported and skipped)."""
     from pipeline.stages import STAGES
 
-    config = load_config(profile, [*(overrides or []), f"ingest.source={source}"])
-    with opened_store(store) as opened:
-        _print_results([run_stage(STAGES["ingest"], opened, config, force=force)])
+    config = load_config(profile, overrides)
+    # Set as typed, not as a `--set` text: YAML would read "photos #2" as "photos" and 2024 as an int.
+    config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"source": source})})
+    doing("stage ingest")
+    with opened_store(store, publishing=True) as opened:
+        _print_results([run_stage(STAGES["ingest"], opened, config, force=force, allow_empty=allow_empty)])
 
 
 def run(
     profile: ProfileOption = "demo",
     overrides: SetOption = None,
     force: ForceOption = False,
+    allow_empty: AllowEmptyOption = False,
     store: StoreOption = None,
 ) -> None:
     """Run every stage in order, in this process (cache hits where nothing changed). Each stage
@@ -77,9 +96,11 @@ def run(
 
     config = load_config(profile, overrides)
     results, outputs = [], {}
-    with opened_store(store) as opened:
+    with opened_store(store, publishing=True) as opened:
         for name in PIPELINE_ORDER:
-            result = run_stage(STAGES[name], opened, config, inputs=pinned_inputs(name, outputs), force=force)
+            doing(f"stage {name} (in dspo run)")
+            result = run_stage(STAGES[name], opened, config, inputs=pinned_inputs(name, outputs), force=force,
+                               allow_empty=allow_empty)
             outputs[STAGES[name].output] = result.ref
             results.append(result)
     _print_results(results)

@@ -35,9 +35,11 @@ from dspo_core.train import DSPOTrainer, PairExample
 from pipeline.checkpoints import build_diffusion_backbone, latest_checkpoint, tar_folder, untar
 from pipeline.config import PipelineConfig, TrainStageConfig
 from pipeline.datasets import lineage_ref, rgb_array
+from pipeline.reading_guide import random_init_metadata
 from pipeline.schemas import CHECKPOINTS, TRAIN_METRIC_KEYS, TRAIN_METRICS, stable_id
 from pipeline.stage import Shard, ShardOutput, Stage
 from storage import DatasetStore
+from storage.manifest import content_fingerprint
 
 log = logging.getLogger("dspo.train")
 # TrainConfig fields that say how long and how often, not what is learned: changing them
@@ -47,10 +49,11 @@ PREFERENCE_COLUMNS = ["pair_id", "sample_id", "winner_id", "loser_id", "weight",
                       "positive_text", "negative_text"]
 
 
-def run_id_of(section: TrainStageConfig, inputs: dict[str, str]) -> str:
+def run_id_of(section: TrainStageConfig, preferences_content: str) -> str:
+    """The training identity: backbone, hyperparameters and the preferences' content fingerprint."""
     material = {"backbone": section.backbone, "backbone_config": section.backbone_config,
                 "train": section.train.model_dump(mode="json", exclude=RUN_LENGTH_FIELDS),
-                "splits": section.splits, "eval_fraction": section.eval_fraction, "preferences": inputs["preferences"]}
+                "splits": section.splits, "eval_fraction": section.eval_fraction, "preferences": preferences_content}
     return stable_id("run", json.dumps(material, sort_keys=True))
 
 
@@ -103,6 +106,9 @@ def metric_row(run_id: str, step: int, metrics: dict[str, float]) -> dict:
 
 
 class TrainStage(Stage):
+    # 2: pairs are batched by image size (every pair trains every epoch), so the data order differs.
+    version = 2
+
     def section(self, config: PipelineConfig) -> TrainStageConfig:
         return config.train
 
@@ -111,7 +117,7 @@ class TrainStage(Stage):
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: TrainStageConfig) -> list[Shard]:
         check_lineage(store, inputs)  # fail before any work
-        return [Shard("shard-00000", (run_id_of(section, inputs),))]
+        return [Shard("shard-00000", (run_id_of(section, content_fingerprint(store.manifest(inputs["preferences"]))),))]
 
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: TrainStageConfig,
                   shard: Shard) -> ShardOutput:
@@ -152,7 +158,9 @@ class TrainStage(Stage):
                 for split in ("train", "eval")}
         stats = {"run_id": run_id, "resumed_from": resumed_from,
                  "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
-                 "steps": [row["step"] for row in rows], "final_metrics": last}
+                 "steps": [row["step"] for row in rows], "final_metrics": last,
+                 "size_buckets": trainer.size_buckets(),  # pairs per image size (one size per step)
+                 **random_init_metadata(backbone.base_weights_id)}
         return ShardOutput(pa.Table.from_pylist(rows, schema=CHECKPOINTS), notes=notes, stats=stats,
                            side_tables={"train_metrics": pa.Table.from_pylist(metrics, schema=TRAIN_METRICS)})
 
@@ -185,5 +193,6 @@ class TrainStage(Stage):
                                                                      pa.string()))
 
     def summarize(self, stats: list[dict]) -> dict:
-        """The run: run_id, resume origin, pair counts, steps saved, last metrics."""
+        """The run: run_id, resume origin, pair counts, steps saved, last metrics, and whether the
+        backbone is random-init (`random_init_backbone`, `random_init_notice`: pipeline.reading_guide)."""
         return stats[0] if stats else {}

@@ -33,6 +33,9 @@ class Backend(abc.ABC):
     #: True: parts are built in memory and written with one `write_file` call (retryable as a
     #: whole); False: parts stream straight to `arrow_fs`.
     buffers_parts: bool = False
+    #: True: the first write creates a missing root (a folder); False: it must exist beforehand
+    #: (an S3 bucket, which this store never creates).
+    creates_root: bool = True
 
     @abc.abstractmethod
     def data_path(self, key: str) -> str:
@@ -45,6 +48,11 @@ class Backend(abc.ABC):
     def fsspec_options(self) -> dict:
         """fsspec storage_options for `url(key)`; holds credentials only if they were passed in."""
         return {}
+
+    @abc.abstractmethod
+    def missing_root(self) -> str | None:
+        """Why the store root is not there to read (e.g. "the folder does not exist"), or None
+        when it is. Reads of an absent root see nothing and create nothing; only writes create it."""
 
     @abc.abstractmethod
     def get(self, key: str) -> tuple[bytes, str] | None:

@@ -30,19 +30,29 @@ class LocalBackend(Backend):
     """Backend over a local directory.
 
     Arguments:
-        root: absolute path of the store root (created if missing).
+        root: absolute path of the store root; the first write creates it, opening and reading
+              never do (a mistyped path must not become an empty store).
     """
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        os.makedirs(self.root, exist_ok=True)
         self.uri = "file://" + self.root
         self.arrow_fs = pafs.LocalFileSystem()
+
+    def missing_root(self) -> str | None:
+        """The store exists when its root folder does."""
+        if os.path.isdir(self.root):
+            return None
+        if os.path.lexists(self.root):
+            return "it is a file, not a folder"
+        return "the folder does not exist"
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
 
     def data_path(self, key: str) -> str:
+        # pyarrow's local output streams need the folder; readers only ask for files a manifest
+        # or a listing named, whose folders exist, so this creates folders for writes alone.
         path = self._path(key)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return path
@@ -120,5 +130,5 @@ class LocalBackend(Backend):
         base = self._path(prefix) if prefix else self.root
         try:
             return sorted(entry.name for entry in os.scandir(base) if entry.is_dir())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []

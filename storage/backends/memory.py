@@ -31,6 +31,11 @@ class MemoryBackend(Backend):
         self.uri = "memory:/" + self.root
         self.arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
 
+    def missing_root(self) -> str | None:
+        """The store exists once something was written under its root in this process: like a
+        folder, a name nothing was published to is more likely a typo than an empty store."""
+        return None if self.fs.exists(self.root) else "nothing was written under it in this process"
+
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 

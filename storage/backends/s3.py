@@ -15,6 +15,14 @@ import pyarrow.fs as pafs
 
 from storage import retry
 from storage.backends.base import Backend, ObjectInfo
+from storage.errors import MissingCredentialsError, StorageUnavailableError, StoreError
+from storage.redact import redact_url
+
+# What to set when no credentials are found: named in the error, since botocore only says
+# "Unable to locate credentials".
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE for a profile in ~/.aws), "
+                    "plus AWS_ENDPOINT_URL for a service other than AWS itself")
+_MISSING_BUCKET_CODES = ("404", "NoSuchBucket", "NotFound")
 
 
 def endpoint_from_env() -> str | None:
@@ -38,6 +46,7 @@ class S3Backend(Backend):
     # One PUT per part, retried whole: pyarrow's streaming multipart upload does not retry
     # every transient failure, and a half-sent stream cannot be replayed.
     buffers_parts = True
+    creates_root = False
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  region: str | None = None, key: str | None = None, secret: str | None = None,
@@ -79,6 +88,54 @@ class S3Backend(Backend):
             arrow_kwargs.update(access_key=key, secret_key=secret, session_token=token)
         self.arrow_fs = pafs.S3FileSystem(**arrow_kwargs)
 
+    @property
+    def endpoint(self) -> str:
+        """The service, safe to print: the endpoint URL without credentials, else AWS's region."""
+        return redact_url(self.endpoint_url) if self.endpoint_url else f"AWS S3 ({self.region})"
+
+    def _translated(self, exc: BaseException, what: str) -> StoreError | None:
+        """The StoreError naming the store and what to do for a missing credential or an
+        unreachable endpoint (botocore's messages name neither), else None."""
+        from botocore import exceptions as boto_exc
+
+        if isinstance(exc, (boto_exc.NoCredentialsError, boto_exc.PartialCredentialsError)):
+            return MissingCredentialsError(f"{what}: no usable AWS credentials ({exc}); {CREDENTIALS_HINT}")
+        cause = exc.__cause__ if isinstance(exc, StorageUnavailableError) else exc
+        if isinstance(cause, boto_exc.ConnectionError):
+            return StorageUnavailableError(f"{what}: cannot reach the S3 endpoint {self.endpoint} ({cause}); check "
+                                           "AWS_ENDPOINT_URL (or the store's endpoint_url) and that the service runs")
+        return None
+
+    def _call(self, fn, *, what: str):
+        """`retry.call(fn)`, with credential and connection failures named as `_translated` does."""
+        try:
+            return retry.call(fn, what=what)
+        except Exception as exc:  # translated when we can say more, else re-raised unchanged
+            translated = self._translated(exc, what)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    def missing_root(self) -> str | None:
+        """The store exists when its bucket does and answers. The prefix is not checked: S3 has
+        no folders, a prefix exists exactly while some object lies under it, so an unused prefix
+        of an existing bucket is an empty store (the first publish fills it); the bucket is what
+        someone creates beforehand, and can mistype. One request with only the client's own
+        retries: an unreachable endpoint is one error after a few seconds, not a warning per
+        store-level retry first."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        what = f"open {self.uri}"
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING_BUCKET_CODES:
+                return f"no bucket {self.bucket!r} at {self.endpoint}"
+            raise retry.permanent_error(exc, what) or StorageUnavailableError(f"{what}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise self._translated(exc, what) or StorageUnavailableError(f"{what}: {exc}") from exc
+        return None
+
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
@@ -107,7 +164,7 @@ class S3Backend(Backend):
                 raise
             return response["Body"].read(), response["ETag"]
 
-        return retry.call(fetch, what=f"read {self.url(key)}")
+        return self._call(fetch, what=f"read {self.url(key)}")
 
     def _conditional_put(self, key: str, data: bytes, **condition) -> bool:
         from botocore.exceptions import ClientError
@@ -121,7 +178,7 @@ class S3Backend(Backend):
                 raise
             return True
 
-        return retry.call(put, what=f"conditional write {self.url(key)}")
+        return self._call(put, what=f"conditional write {self.url(key)}")
 
     def create(self, key: str, data: bytes) -> bool:
         return self._conditional_put(key, data, IfNoneMatch="*")
@@ -132,14 +189,14 @@ class S3Backend(Backend):
         return self._conditional_put(key, data, IfMatch=token)
 
     def delete(self, key: str) -> None:
-        retry.call(lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+        self._call(lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)),
                    what=f"delete {self.url(key)}")
 
     def _pages(self, what: str, **kwargs):
         def collect():
             return list(self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, **kwargs))
 
-        return retry.call(collect, what=what)
+        return self._call(collect, what=what)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         base = self._key(prefix).rstrip("/") + "/" if prefix or self.prefix else ""
