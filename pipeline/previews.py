@@ -18,6 +18,7 @@ from PIL import Image
 
 from dspo_core.segment import rle
 from pipeline.datasets import lineage_ref, rgb_array, rows_by_sample
+from pipeline.reading_guide import TRAIN_METRIC_READINGS, notice_markdown
 from storage import DatasetStore, decode_image, image_columns
 from storage.manifest import decode_schema
 
@@ -187,24 +188,31 @@ def preview_preferences(store: DatasetStore, ref: str) -> str:
 
 
 def preview_checkpoints(store: DatasetStore, ref: str) -> str:
-    """The training run's saved steps, pair counts and last metrics, from the manifest."""
+    """The training run's saved steps, pair counts and last metrics, from the manifest, under the
+    random-init banner when the backbone has no real weights, and how to read the main metrics."""
     metadata = store.manifest(ref).get("metadata", {})
-    lines = [f"run `{metadata.get('run_id', '?')}`: steps saved {metadata.get('steps', [])}, "
-             f"{metadata.get('train_pairs', '?')} train / {metadata.get('eval_pairs', '?')} held-out pairs, "
-             f"metrics in `{metadata.get('train_metrics', '?')}`"]
-    for split, values in (metadata.get("final_metrics") or {}).items():
+    lines = [notice_markdown(metadata.get("random_init_notice")),
+             (f"run `{metadata.get('run_id', '?')}`: steps saved {metadata.get('steps', [])}, "
+              f"{metadata.get('train_pairs', '?')} train / {metadata.get('eval_pairs', '?')} held-out pairs, "
+              f"metrics in `{(metadata.get('side_outputs') or {}).get('train_metrics', '?')}`")]
+    final = metadata.get("final_metrics") or {}
+    for split in ("train", "eval"):
+        values = final.get(split)
         if values:
-            shown = {key: value for key, value in values.items() if isinstance(value, (int, float))}
+            shown = {key: value for key, value in values.items()
+                     if isinstance(value, (int, float)) and key != "step"}  # the step heads the row
             lines.append(table([f"last {split}", *shown], [[str(values.get("step", "")),
                                                               *(f"{value:.4g}" for value in shown.values())]]))
-    return "\n\n".join(lines)
+    lines.append("How to read them (eval_* likewise, on held-out pairs):\n\n"
+                 + "\n".join(f"- `{key}`: {meaning}" for key, meaning in TRAIN_METRIC_READINGS.items()))
+    return "\n\n".join(line for line in lines if line)
 
 
 def preview_eval_results(store: DatasetStore, ref: str) -> str:
     """The evaluation's markdown summary and its LQ | base | tuned | HR grid."""
     metadata = store.manifest(ref).get("metadata", {})
     parts = [metadata.get("markdown") or ""]
-    report = metadata.get("eval_report")
+    report = (metadata.get("side_outputs") or {}).get("eval_report")
     if report:
         rows = first_rows(store, report, 1, ["grid"])
         if rows and rows[0]["grid"]:
@@ -256,6 +264,8 @@ def manifest_summary(metadata: dict) -> list[str]:
     config = metadata.get("config")
     if isinstance(config, dict) and config.get("backbone"):
         lines.append(f"backbone: {config['backbone']} {json.dumps(config.get('backbone_config') or {})}")
+    if metadata.get("random_init_notice"):
+        lines.append(f"random-init backbone: {metadata['random_init_notice']}")
     if metadata.get("fallback"):
         lines.append(f"fallback: {metadata['fallback']}")
     for note in metadata.get("notes") or []:

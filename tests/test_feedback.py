@@ -71,19 +71,33 @@ def _u8(image):
 
 def test_suspect_needs_low_fidelity_and_high_realism():
     config = SuspectConfig(fr_max=0.3, nr_min=0.6)
-    flag, reason = suspect(0.1, 0.9, config)
-    assert flag and "0.10 <= 0.30" in reason and "0.90 >= 0.60" in reason
     assert suspect(0.3, 0.6, config)[0]  # both thresholds inclusive
     assert not suspect(0.31, 0.9, config)[0]
     assert not suspect(0.1, 0.59, config)[0]
-    assert "not a suspect" in suspect(0.9, 0.1, config)[1]
-    assert suspect(None, 0.9, config) == (False, "no full-reference score: cannot judge fidelity against realism")
     assert suspect(0.2, 0.9)[0] and not suspect(0.5, 0.9)[0]  # defaults fr_max 0.35, nr_min 0.6
     for bad in (1.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match="normalised score"):
             suspect(bad, 0.5)
     with pytest.raises(ValueError):
         SuspectConfig(fr_max=2.0)
+
+
+def test_suspect_reasons_are_sentences_with_the_values_and_thresholds():
+    config = SuspectConfig(fr_max=0.3, nr_min=0.6)
+    assert suspect(0.1, 0.9, config) == (True, ("Suspected hallucination: low fidelity to the HR (0.10, at most "
+                                                "0.30) while it looks realistic (0.90, at least 0.60)."))
+    assert suspect(0.0, 0.0, config)[1] == "Not a suspect: its realism (0.00) is below the 0.60 a hallucination needs."
+    assert suspect(0.9, 0.9, config)[1] == ("Not a suspect: its fidelity to the HR (0.90) is too high for a "
+                                            "hallucination (at most 0.30).")
+    assert suspect(0.9, 0.1, config)[1] == ("Not a suspect: its fidelity to the HR (0.90) is too high for a "
+                                            "hallucination (at most 0.30), and its realism (0.10) is below the "
+                                            "0.60 a hallucination needs.")
+    assert suspect(None, 0.9, config) == (False, ("Not a suspect: no fidelity (full-reference) score was measured, "
+                                                  "so fidelity cannot be weighed against realism."))
+    assert "no fidelity (full-reference) or realism (no-reference) score" in suspect(None, None, config)[1]
+    for fr, nr in ((0.1, 0.9), (0.9, 0.1), (None, 0.5), (0.31, 0.9)):
+        reason = suspect(fr, nr, config)[1]
+        assert reason[0].isupper() and reason.endswith(".") and ":" in reason and "<" not in reason
 
 
 # ----------------------------------------------------------------------------- measured attributes

@@ -2,13 +2,19 @@
 linked by manifest lineage as the stages link them (no Prefect, no models)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from dspo_core.segment import rle
 from pipeline.previews import manifest_summary, preview_markdown
+from pipeline.reading_guide import TRAIN_METRIC_READINGS, random_init_metadata
 from storage import IMAGE_TYPE, DatasetStore, image_cell
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+TINY_SD_WEIGHTS = "builtin:tiny-sd/seed=0/epsilon@sha256:0123456789ab"
 
 SAMPLES = ["s0" * 4, "s1" * 4]
 SIZE = 32
@@ -106,3 +112,48 @@ def test_manifest_summary_names_models_and_fallbacks():
                               "notes": ["CPU"], "rows": 3})
     assert lines == ['segmenter: {"name": "felzenszwalb"}', 'backbone: tiny-sd {"steps": 1}',
                      "fallback: no SAM checkpoint", "note: CPU"]
+
+
+def checkpoints_with(store: DatasetStore, weights_id: str) -> str:
+    """A checkpoints version whose manifest metadata is what the train stage writes for `weights_id`."""
+    metadata = {"run_id": "run-1", "steps": [12], "train_pairs": 40, "eval_pairs": 4,
+                "side_outputs": {"train_metrics": "train_metrics@v1"}, **random_init_metadata(weights_id),
+                "final_metrics": {"eval": {"step": 12, "loss": 0.7, "implicit_acc": 0.4, "margin": 0.02},
+                                  "train": {"step": 12, "loss": 0.69, "implicit_acc": 0.5, "margin": 0.01}}}
+    return store.publish("checkpoints", pa.table({"step": [12]}), metadata=metadata)
+
+
+def test_checkpoints_preview_opens_with_the_random_init_banner_and_says_how_to_read_the_metrics(chain):
+    store, _ = chain
+    text = preview_markdown(store, checkpoints_with(store, TINY_SD_WEIGHTS))
+    body = text.split("\n\n", 1)[1]
+    assert body.startswith("> **Random-init backbone.** The backbone `builtin:tiny-sd/seed=0/epsilon@sha256:")
+    assert "not image quality" in body.split("\n\n")[0]
+    assert "40 train / 4 held-out pairs, metrics in `train_metrics@v1`" in text
+    assert text.index("| last train | loss | implicit_acc | margin |") < text.index("| last eval | loss |")
+    for key, meaning in TRAIN_METRIC_READINGS.items():
+        assert f"- `{key}`: {meaning}\n" in text + "\n"
+    real = preview_markdown(store, checkpoints_with(store, "/models/sd-x4-upscaler@sha256:0123456789ab"))
+    assert "Random-init" not in real and real.split("\n\n")[1].startswith("run `run-1`")
+
+
+def test_manifest_summary_names_a_random_init_backbone():
+    lines = manifest_summary(random_init_metadata(TINY_SD_WEIGHTS + "+lora:dspo@sha256:ba9876543210"))
+    assert len(lines) == 1 and lines[0].startswith("random-init backbone: The backbone `builtin:tiny-sd/")
+    assert manifest_summary(random_init_metadata("/models/sd-x4-upscaler@sha256:0123456789ab")) == []
+
+
+def test_eval_preview_shows_the_report_and_the_grid_of_its_side_output(chain):
+    store, _ = chain
+    report = store.publish("eval_report", pa.table({"grid": pa.array([picture(8, 64)], type=IMAGE_TYPE)}))
+    ref = store.publish("eval_results", pa.table({"value": [1.0]}), metadata={
+        "markdown": "## DSPO evaluation\n\n> **Random-init backbone.** x\n", "side_outputs": {"eval_report": report}})
+    text = preview_markdown(store, ref)
+    assert text.split("\n\n")[1:3] == ["## DSPO evaluation", "> **Random-init backbone.** x"]
+    assert "LQ | base | tuned | HR" in text and images_in(text) == 1
+
+
+def test_readme_reads_the_train_metrics_in_the_words_of_the_previews():
+    readme = README.read_text(encoding="utf-8")
+    for key, meaning in TRAIN_METRIC_READINGS.items():
+        assert f"| `{key}` | {meaning} |" in readme, key

@@ -9,13 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from dspo_core.sr import CandidateSettings, TinySDBackbone
+from dspo_core.sr import CandidateSettings, TinySDBackbone, TinySDConfig, build_tiny_sd
 from dspo_core.train import EVAL_KEYS, TRAIN_KEYS
-from pipeline.schemas import TRAIN_METRIC_KEYS, TRAIN_METRICS
+from pipeline.checkpoints import load_checkpoint_into
 from pipeline.config import load_config
+from pipeline.previews import preview_markdown
+from pipeline.reading_guide import random_init_notice
+from pipeline.schemas import TRAIN_METRIC_KEYS, TRAIN_METRICS
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES
-from pipeline.checkpoints import load_checkpoint_into
+from pipeline.stages.evaluate import choose_samples, markdown_report
 from storage import DatasetStore
 
 torch.set_num_threads(1)
@@ -113,9 +116,54 @@ def test_evaluate_base_vs_tuned_report(trained):
         assert mean["base"] == pytest.approx(results_df.query("model == 'base' and metric == @metric")["value"].mean())
         assert mean["delta"] == pytest.approx(mean["tuned"] - mean["base"])
     assert "| metric | base | tuned | delta |" in manifest["markdown"] and "psnr" in manifest["markdown"]
+    # tiny-sd built from config: the banner opens the report, the manifest and the preview say so.
+    banner = manifest["markdown"].split("\n\n")[1]
+    assert banner.startswith("> **Random-init backbone.** The backbone `builtin:tiny-sd/seed=0/")
+    assert manifest["random_init_backbone"] is True and manifest["random_init_notice"] in banner
+    assert manifest["weights"]["base"].startswith("builtin:tiny-sd/")
+    assert preview_markdown(store, results["evaluate"].ref).split("\n\n")[2] == banner
+    train_manifest = store.manifest(results["train"].ref)["metadata"]
+    assert train_manifest["random_init_backbone"] is True
+    assert train_manifest["random_init_notice"] == manifest["random_init_notice"]
     report = store.read_pandas(manifest["side_outputs"]["eval_report"]).iloc[0]
     assert report["markdown"] == manifest["markdown"]
     grid = Image.open(io.BytesIO(report["grid"]["bytes"]))
     grid.load()
     hr_side = config.degrade.degradation.gt_size
     assert grid.size[0] == 4 * hr_side and grid.size[1] > hr_side
+
+
+MEANS = {"psnr": {"base": 20.0, "tuned": 21.0, "delta": 1.0, "lower_better": False, "better": "tuned"}}
+CHECKPOINT = {"checkpoint_id": "checkpoint-1", "step": 12}
+
+
+def test_report_banner_follows_the_backbone_weights(tmp_path):
+    """Built from config: banner at the top; the same tiny SD loaded from a weights folder: none."""
+    built = TinySDBackbone()
+    notice = random_init_notice(built.base_weights_id)
+    assert notice is not None and f"`{built.base_weights_id}`" in notice
+    assert random_init_notice(built.describe()["weights_id"]) == notice
+    report = markdown_report(MEANS, CHECKPOINT, "test", 5, "", notice)
+    assert report.split("\n\n")[:2] == ["## DSPO evaluation: checkpoint checkpoint-1 (step 12)",
+                                         f"> **Random-init backbone.** {notice}"]
+    loaded = TinySDBackbone(TinySDConfig(path=build_tiny_sd(str(tmp_path / "weights"))))
+    assert random_init_notice(loaded.base_weights_id) is None
+    plain = markdown_report(MEANS, CHECKPOINT, "test", 5, "", random_init_notice(loaded.base_weights_id))
+    assert "Random-init" not in plain and plain.split("\n\n")[1] == (
+        "5 samples of split `test`; whole-image scores against the HR crop.")
+
+
+def test_demo_profile_evaluates_at_least_four_test_samples(tmp_path):
+    """The demo photos' content hashes under the demo split: >= 4 test samples, no fallback, and
+    enough train samples for the demo's training run (ingest and degrade only)."""
+    config = load_config("demo")
+    store = DatasetStore(str(tmp_path / "store"))
+    lq_pairs = run_stage(STAGES["degrade"], store, config,
+                         inputs={"hr_images": run_stage(STAGES["ingest"], store, config).ref}).ref
+    label, ids, note = choose_samples(store, lq_pairs, config.evaluate.splits)
+    assert (label, note) == ("test", "") and len(ids) >= 4
+    splits = store.read_arrow(lq_pairs, columns=["split"]).column("split").to_pylist()
+    train_samples = sum(split in config.train.splits for split in splits)
+    # At most max_instances pairs per sample: the run must be able to draw max_steps batches.
+    most_pairs = train_samples * config.segment.segmenter.postfilter.max_instances * (1 - config.train.eval_fraction)
+    assert train_samples >= len(ids) and most_pairs >= config.train.train.max_steps * config.train.train.batch_size

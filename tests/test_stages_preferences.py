@@ -110,6 +110,7 @@ def test_human_labels_rerank_without_rescoring(ranked):
     assert human.margin == pytest.approx(group[flipped.loser_id] - group[flipped.winner_id])
     prefs = store.read_pandas(again["caption"].ref).set_index("instance_id").loc[flipped.instance_id]
     assert prefs.hallucination and prefs.negative_text == "a striped texture that is not in the photo"
+    assert prefs.hallucination_reason == "Flagged as a hallucination by a human annotator."
     assert prefs.feedback_source == "human"
     agreement = store.manifest(again["rank"].ref)["metadata"]["agreement"]
     assert {row["score"]: row["n"] for row in agreement}["reward"] == 1

@@ -32,9 +32,10 @@ def suspect(fr_score: float | None, nr_score: float | None, config: SuspectConfi
 
     Returns:
         ``(flag, reason)``: ``flag`` is True iff ``fr_score <= fr_max`` and
-        ``nr_score >= nr_min``; ``reason`` is one line saying which test decided, with
-        the values, e.g. ``"fidelity 0.10 <= 0.35 and realism 0.90 >= 0.60: unfaithful
-        but realistic"``. With a missing score the flag is False and the reason says so.
+        ``nr_score >= nr_min``; ``reason`` is one sentence for a person, naming the test
+        that decided with the values and thresholds, e.g. ``"Suspected hallucination: low
+        fidelity to the HR (0.10, at most 0.35) while it looks realistic (0.90, at least
+        0.60)."`` With a missing score the flag is False and the reason says which is missing.
 
     Raises:
         ValueError: a score outside [0, 1] or not finite (not a normalised score).
@@ -43,14 +44,18 @@ def suspect(fr_score: float | None, nr_score: float | None, config: SuspectConfi
     _check("fr_score", fr_score)
     _check("nr_score", nr_score)
     if fr_score is None or nr_score is None:
-        missing = " and ".join(n for n, v in (("full-reference", fr_score), ("no-reference", nr_score)) if v is None)
-        return False, f"no {missing} score: cannot judge fidelity against realism"
+        missing = " or ".join(name for name, value in (("fidelity (full-reference)", fr_score),
+                                                       ("realism (no-reference)", nr_score)) if value is None)
+        return False, f"Not a suspect: no {missing} score was measured, so fidelity cannot be weighed against realism."
     low_fidelity = fr_score <= config.fr_max
     high_realism = nr_score >= config.nr_min
-    fid = f"fidelity {fr_score:.2f} {'<=' if low_fidelity else '>'} {config.fr_max:.2f}"
-    real = f"realism {nr_score:.2f} {'>=' if high_realism else '<'} {config.nr_min:.2f}"
     if low_fidelity and high_realism:
-        return True, f"{fid} and {real}: unfaithful but realistic"
-    if not low_fidelity and not high_realism:
-        return False, f"{fid} and {real}: not a suspect"
-    return False, f"{fid if not low_fidelity else real}: not a suspect"
+        return True, (f"Suspected hallucination: low fidelity to the HR ({fr_score:.2f}, at most {config.fr_max:.2f}) "
+                      f"while it looks realistic ({nr_score:.2f}, at least {config.nr_min:.2f}).")
+    why = []
+    if not low_fidelity:
+        why.append(f"its fidelity to the HR ({fr_score:.2f}) is too high for a hallucination "
+                   f"(at most {config.fr_max:.2f})")
+    if not high_realism:
+        why.append(f"its realism ({nr_score:.2f}) is below the {config.nr_min:.2f} a hallucination needs")
+    return False, f"Not a suspect: {', and '.join(why)}."

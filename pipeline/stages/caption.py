@@ -85,7 +85,7 @@ class CaptionStage(Stage):
         box = crop_box(mask)
         loser = rgb_array(images[pair["loser_id"]])
         if pair["human_hallucination"]:
-            flag, reason = True, "flagged by a human annotator"
+            flag, reason = True, "Flagged as a hallucination by a human annotator."
         else:
             flag, reason = suspect(family.get((pair["instance_id"], pair["loser_id"], "fr_mean")),
                                    family.get((pair["instance_id"], pair["loser_id"], "nr_mean")),

@@ -8,6 +8,9 @@ loaded from the store, under the same settings and seed; both are scored on the 
 
 - Samples: the configured lq_pairs splits (default test); when none has rows, `val`, then
   every row; the fallback is named in the log, the manifest notes and the report.
+- A backbone built from config with random weights (tiny-sd without a `path`) gets a banner
+  at the top of the report and `random_init_backbone: true` with the sentence in the manifest
+  (pipeline.reading_guide): its numbers show the machinery, not image quality.
 - One shard (both models loaded once; eval sets are ~100 images). The `eval_report` row holds
   the markdown report and a side-by-side PNG grid (an HF Image cell), so the PNG stays out of
   the JSON manifest, whose metadata holds the per-model means and the markdown.
@@ -26,6 +29,7 @@ from dspo_core.iqa import IQAScorer
 from pipeline.checkpoints import build_diffusion_backbone, checkpoint_row, load_checkpoint_into
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.datasets import rgb_array
+from pipeline.reading_guide import notice_markdown, random_init_metadata
 from pipeline.schemas import EVAL_REPORT, EVAL_RESULTS
 from pipeline.stage import Shard, ShardOutput, Stage
 from storage import DatasetStore, image_cell
@@ -63,9 +67,13 @@ def compare(values: dict[str, dict[str, list[float]]], lower_better: dict[str, b
     return means
 
 
-def markdown_report(means: dict, checkpoint: dict, split: str, samples: int, note: str) -> str:
+def markdown_report(means: dict, checkpoint: dict, split: str, samples: int, note: str,
+                    random_init_notice: str | None = None) -> str:
+    """The report: heading, the random-init banner (when given), samples and split, any fallback, the table."""
     arrows = {"tuned": "↑ better", "base": "↓ worse", "tie": "= same"}
+    banner = notice_markdown(random_init_notice)
     lines = [f"## DSPO evaluation: checkpoint {checkpoint['checkpoint_id']} (step {checkpoint['step']})", "",
+             *([banner, ""] if banner else []),
              f"{samples} samples of split `{split}`; whole-image scores against the HR crop.", ""]
     if note:
         lines += [f"**Fallback:** {note}", ""]
@@ -119,6 +127,7 @@ class EvaluateStage(Stage):
         settings = [section.settings.model_copy(update={"seed": sample_seed(section.settings.seed, row["sample_id"])})
                     for row in samples]
         outputs, weights = {"base": backbone.sample(lq, settings)}, {"base": backbone.weights_id}
+        random_init = random_init_metadata(backbone.base_weights_id)
         load_checkpoint_into(backbone, store, checkpoint)
         outputs["tuned"], weights["tuned"] = backbone.sample(lq, settings), backbone.weights_id
 
@@ -137,7 +146,8 @@ class EvaluateStage(Stage):
                              "step": checkpoint["step"], "metric": record.metric, "kind": record.kind,
                              "value": record.value, "lower_better": record.lower_better})
         means = compare(values, lower_better)
-        markdown = markdown_report(means, checkpoint, split_label, len(samples), note)
+        markdown = markdown_report(means, checkpoint, split_label, len(samples), note,
+                                   random_init["random_init_notice"])
         grid = grid_png([(lq[i], outputs["base"][i], outputs["tuned"][i], hr[i])
                          for i in range(min(section.grid_samples, len(samples)))])
         report = {"checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"], "split": split_label,
@@ -146,7 +156,7 @@ class EvaluateStage(Stage):
         log.info("evaluate: checkpoint %s\n%s", checkpoint["checkpoint_id"], markdown)
         stats = {"checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"],
                  "split": split_label, "samples": len(samples), "means": means, "markdown": markdown,
-                 "weights": weights, "iqa": scorer.describe()}
+                 "weights": weights, "iqa": scorer.describe(), **random_init}
         return ShardOutput(pa.Table.from_pylist(rows, schema=EVAL_RESULTS), notes=[note] if note else [], stats=stats,
                            side_tables={"eval_report": pa.Table.from_pylist([report], schema=EVAL_REPORT)})
 
