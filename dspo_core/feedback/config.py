@@ -16,12 +16,11 @@ Pure pydantic: importing this module imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+from dspo_core.devices import AnyDevice
 
 
 class _Config(BaseModel):
@@ -103,16 +102,9 @@ class CaptionerConfig(_Config):
     num_beams: int = Field(3, ge=1, description="beam search width (greedy when 1); no sampling, so captions are deterministic")
     repetition_penalty: float = Field(1.0, gt=0.0, description="passed to generate")
     batch_size: int = Field(8, ge=1, description="crops per generate call")
-    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N', or 'auto' (cuda when available)")
+    device: AnyDevice = Field("cpu", description="'cpu', 'cuda', 'cuda:N', or 'auto' (cuda when available)")
     dtype: Dtype = Field("float32", description="model weights dtype; 'auto' keeps the checkpoint's")
     trust_remote_code: bool = Field(False, description="allow custom modelling code stored with the model (never fetched)")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError(f"unknown device {value!r}; accepted: auto, cpu, mps, cuda, cuda:N")
-        return value
 
 
 class FeedbackConfig(_Config):

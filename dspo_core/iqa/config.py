@@ -36,6 +36,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from dspo_core.devices import TorchDevice
+
 log = logging.getLogger(__name__)
 
 #: pyiqa metrics that need no downloaded weights (FIELD-NOTES, checked by the tests).
@@ -75,8 +77,6 @@ MIN_SIZES: dict[str, int] = {
 #: Metrics that are not one score per image (distribution-level, or need text prompts).
 UNSUPPORTED_METRICS: frozenset[str] = frozenset({"fid", "fid_dinov2", "inception_score", "clipscore"})
 
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-_DEVICES = "cpu, mps, cuda, cuda:N"
 
 
 def _natural_key(name: str) -> list:
@@ -139,7 +139,7 @@ class IQAConfig(BaseModel):
         "psnr, ssim, ms_ssim, fsim, vif, gmsd, nlpd, vsi (full-reference) and piqe, entropy (no-reference). "
         "Learned metrics need their weights in the local caches.",
     )
-    device: str = Field("cpu", description="torch device the metrics run on ('cpu', 'cuda', 'cuda:1', ...).")
+    device: TorchDevice = Field("cpu", description="torch device the metrics run on ('cpu', 'cuda', 'cuda:1', ...).")
     masked_maps: bool = Field(
         True,
         description="Score psnr/psnry/ssim/ssimc/gmsd/fsim/vsi/entropy as their quality map pooled inside the "
@@ -171,14 +171,6 @@ class IQAConfig(BaseModel):
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
             raise ValueError(f"metrics must be unique, got {value}")
-        return value
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        # The scorer hands the device to torch and pyiqa as it is: no "auto" here.
-        if not _DEVICE.match(value):
-            raise ValueError(f"unknown device {value!r}; accepted: {_DEVICES}")
         return value
 
     @field_validator("min_sizes")

@@ -9,14 +9,14 @@ the same names and defaults. The post-filter is the project's own choice
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from dspo_core.devices import AnyDevice
 
 SamModelType = Literal["vit_b", "vit_l", "vit_h", "custom-tiny"]
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class SamConfig(BaseModel):
@@ -132,15 +132,9 @@ class SegmenterConfig(BaseModel):
     postfilter: PostFilterConfig = Field(
         default_factory=PostFilterConfig, description="Area filter, top-K, disjointness and remainder."
     )
-    device: str = Field(
+    device: AnyDevice = Field(
         "cpu",
         description="Torch device for SAM: cpu, cuda, cuda:N, mps, or auto (cuda when available, else cpu). "
         "Ignored by felzenszwalb.",
     )
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE.match(value):
-            raise ValueError(f"unknown device {value!r}; accepted: auto, cpu, mps, cuda, cuda:N")
-        return value

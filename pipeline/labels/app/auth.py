@@ -16,12 +16,11 @@ import hmac
 import json
 import re
 import secrets
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.labels.app.sessions import SessionTable
-from pipeline.labels.app.statefiles import locked, stamp, write_private
+from pipeline.labels.app.statefiles import WatchedJson, locked, write_private
 
 ANNOTATORS_FILE = "annotators.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -47,20 +46,10 @@ class Annotators:
     def __init__(self, state_dir: Path):
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / ANNOTATORS_FILE
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
-        self._hashes: dict[str, str] = {}
+        self._file = WatchedJson(self.path, "annotators")
 
     def _load(self) -> dict[str, str]:
-        with self._lock:
-            current = stamp(self.path)
-            if current is None:
-                self._stamp, self._hashes = None, {}
-            elif current != self._stamp:
-                entries = json.loads(self.path.read_text(encoding="utf-8")).get("annotators", {})
-                self._hashes = {name: entry["token_sha256"] for name, entry in entries.items()}
-                self._stamp = current
-            return self._hashes
+        return {name: entry["token_sha256"] for name, entry in self._file.read().items()}
 
     def names(self) -> list[str]:
         """Registered annotator names, sorted."""

@@ -20,13 +20,12 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.labels.app.statefiles import locked, stamp, write_private
+from pipeline.labels.app.statefiles import WatchedJson, locked, write_private
 
 SESSIONS_FILE = "sessions.json"
 KEY_FILE = "session.key"
@@ -62,19 +61,10 @@ class SessionTable:
     def __init__(self, state_dir: Path):
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / SESSIONS_FILE
-        self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
-        self._entries: dict[str, dict] = {}
+        self._file = WatchedJson(self.path, "sessions")
 
     def _read(self) -> dict[str, dict]:
-        with self._lock:
-            current = stamp(self.path)
-            if current is None:
-                self._stamp, self._entries = None, {}
-            elif current != self._stamp:
-                self._entries = json.loads(self.path.read_text(encoding="utf-8")).get("sessions", {})
-                self._stamp = current
-            return self._entries
+        return self._file.read()
 
     def _change(self, change) -> None:
         """Apply `change(entries)` to the file's entries under the folder's lock, dropping the

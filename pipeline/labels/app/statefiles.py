@@ -10,8 +10,10 @@ loses nothing (the file and its folder are fsynced).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,3 +66,30 @@ def stamp(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return found.st_ino, found.st_mtime_ns, found.st_size
+
+
+class WatchedJson:
+    """One key of a JSON state file, re-read only when the file changes (another process, e.g.
+    `dspo labels add-annotator --replace`, may rewrite it while the server runs).
+
+    Args:
+        path: the JSON file; absent reads as {}.
+        key: the top-level key whose object `read` returns.
+    """
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = Path(path), key
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._value: dict = {}
+
+    def read(self) -> dict:
+        """The key's object as the file holds it now (do not mutate it)."""
+        with self._lock:
+            current = stamp(self.path)
+            if current is None:
+                self._stamp, self._value = None, {}
+            elif current != self._stamp:
+                self._value = json.loads(self.path.read_text(encoding="utf-8")).get(self.key, {})
+                self._stamp = current
+            return self._value
