@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
+from datetime import datetime, timezone
 
 from pipeline.paths import store_uri
 
@@ -88,6 +90,19 @@ def flow_name(stage: str) -> str:
 def stage_deployment(stage: str) -> str:
     """`prefect deployment run` name of a stage's deployment: dspo-<stage>/stage."""
     return f"{flow_name(stage)}/{STAGE_DEPLOYMENT}"
+
+
+def run_namer(label: str) -> Callable[[], str]:
+    """A flow-run name function: "<label>-<profile>-<MMDD-HHMMSS UTC>", e.g. "segment-demo-1208-142501",
+    so the runs list says what ran, on which profile, when (Prefect's default is random words)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        profile = (flow_run.parameters or {}).get("profile") or "demo"
+        return f"{label}-{profile}-{datetime.now(timezone.utc):%m%d-%H%M%S}"
+
+    return name
 
 
 def artifact_key(stage: str, kind: str) -> str:

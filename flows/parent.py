@@ -34,11 +34,18 @@ from prefect.deployments import run_deployment
 from prefect.runtime import deployment as current_deployment
 from prefect.utilities.urls import url_for
 
-from flows.common import PARENT_FLOW, artifact_key, flow_name, poll_seconds, resolve_store, stage_deployment
+from flows.common import (
+    PARENT_FLOW,
+    artifact_key,
+    flow_name,
+    poll_seconds,
+    resolve_store,
+    run_namer,
+    stage_deployment,
+)
 from flows.pipeline_run import one_line
 from flows.stage_flows import STAGE_FLOWS
 from pipeline.stages import PIPELINE_ORDER, STAGE_SPECS, pinned_inputs
-
 
 log = logging.getLogger("dspo.flows")
 
@@ -65,7 +72,11 @@ def child_ref(child, stage: str) -> str:
     log.info("stage %s: %s; reading the ref from artifact %s of flow run %s", stage, problem,
              artifact_key(stage, "result"), child.id)
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -104,7 +115,7 @@ def run_stage_deployment(stage: str, parameters: dict[str, Any]) -> str:
     return ref
 
 
-@flow(name=PARENT_FLOW, persist_result=True,
+@flow(name=PARENT_FLOW, persist_result=True, flow_run_name=run_namer("pipeline"),
       description="The whole DSPO pipeline: every stage in order, each output feeding the next.")
 def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, Any] | None = None,
          force: bool = False, mode: Literal["auto", "deployments", "subflows"] = "auto",

@@ -37,15 +37,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
-    update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    artifact_key, dask_address, flow_name, resolve_store, shard_retries, shard_retry_delays, shard_workers,
+    artifact_key,
+    dask_address,
+    flow_name,
+    resolve_store,
+    run_namer,
+    shard_retries,
+    shard_retry_delays,
+    shard_workers,
     task_runner_kind,
 )
 from pipeline.config import load_config
@@ -197,6 +208,7 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
         result = job.result()
         metadata = opened.manifest(result.ref).get("metadata", {})
         lines = manifest_summary(metadata)
+        # The one warning of a fallback per run: stages themselves stay quiet about it.
         for line in lines or ["no model recorded in the manifest"]:
             (logger.warning if line.startswith("fallback") else logger.info)("%s: %s", name, line)
         create_table_artifact([{
@@ -266,7 +278,7 @@ def make_stage_flow(name: str):
         """
     stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
     stage_flow.__module__ = __name__
-    return flow(name=flow_name(name), task_runner=shard_task_runner(),
+    return flow(name=flow_name(name), task_runner=shard_task_runner(), flow_run_name=run_namer(name),
                 persist_result=True, description=stage.summary,
                 )(stage_flow)
 

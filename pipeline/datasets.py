@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
+import pyarrow.compute as pc
 
 from storage import DatasetStore, decode_image
 
@@ -46,3 +47,9 @@ def rows_by_sample(store: DatasetStore, ref: str, columns: list[str], sample_ids
     for row in table.to_pylist():
         grouped.setdefault(row["sample_id"], []).append(row)
     return grouped
+
+
+def ids_in_splits(store: DatasetStore, ref: str, id_column: str, splits: list[str]) -> list[str]:
+    """The `id_column` values of `ref`'s rows whose `split` is one of `splits`, in stored order."""
+    table = store.read_arrow(ref, columns=[id_column], filter=pc.field("split").isin(splits))
+    return table.column(id_column).to_pylist()

@@ -146,7 +146,7 @@ def preview_instances(store: DatasetStore, ref: str) -> str:
         masks = [rle.decode(row["mask"]).astype(bool) for row in mine]
         rows.append([f"`{sample[:8]}`", str(len(mine)), mine[0]["source"], thumbnail(image),
                      thumbnail(overlay(image, masks), size=THUMB * 2)])
-    return table(["sample", "instances", "source", "anchor", "instances"], rows)
+    return table(["sample", "instance count", "source", "anchor (HR)", "instances over the anchor"], rows)
 
 
 def _pair_rows(store: DatasetStore, ref: str, count: int, extra: list[str]) -> tuple[list[dict], dict, dict]:

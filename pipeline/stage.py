@@ -25,14 +25,13 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, TypeVar
-
-from pydantic import BaseModel
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
+from pydantic import BaseModel
 
 import pipeline
 from pipeline.config import PipelineConfig, Section
@@ -138,6 +137,8 @@ class StageResult:
     side_outputs: dict[str, str] = field(default_factory=dict)
     #: A forced rerun whose output equals the version it recomputed: that version's ref.
     identical_to: str | None = None
+    #: The fallback the stage used instead of the configured model (manifest `metadata.fallback`).
+    fallback: str | None = None
 
 
 class Stage(abc.ABC):
@@ -199,12 +200,6 @@ class Stage(abc.ABC):
 def make_shards(ids: list, size: int) -> list[Shard]:
     """Consecutive chunks of `size` ids, keyed "shard-00000", "shard-00001", ..."""
     return [Shard(f"shard-{i // size:05d}", tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
-
-
-def ids_in_splits(store: DatasetStore, ref: str, id_column: str, splits: list[str]) -> list[str]:
-    """The `id_column` values of `ref`'s rows whose `split` is one of `splits`, in stored order."""
-    table = store.read_arrow(ref, columns=[id_column], filter=pc.field("split").isin(splits))
-    return table.column(id_column).to_pylist()
 
 
 def side_key(shard_key: str, dataset: str) -> str:
@@ -386,6 +381,7 @@ class StageJob:
             quarantined=manifest["metadata"].get("quarantine", []),
             seconds=round(time.perf_counter() - self.started, 3),
             side_outputs=dict(manifest["metadata"].get("side_outputs", {})), identical_to=self.identical_to,
+            fallback=manifest["metadata"].get("fallback"),
         )
 
 

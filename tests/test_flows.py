@@ -358,3 +358,12 @@ def test_task_runner_setting_is_checked(monkeypatch):
     monkeypatch.setenv("DSPO_TASK_RUNNER", "ray")
     with pytest.raises(ValueError, match=r"\$DSPO_TASK_RUNNER='ray': expected one of threads, dask"):
         task_runner_kind()
+
+
+def test_flow_runs_are_named_after_stage_profile_and_time(chain):
+    import re
+
+    with get_client(sync_client=True) as client:
+        names = {flow_run_id(state): client.read_flow_run(flow_run_id(state)).name for state in chain.values()}
+    assert re.fullmatch(r"ingest-test-\d{4}-\d{6}", names[flow_run_id(chain["ingest"])]), names
+    assert re.fullmatch(r"degrade-test-\d{4}-\d{6}", names[flow_run_id(chain["degrade"])]), names

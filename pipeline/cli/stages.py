@@ -31,6 +31,9 @@ def _print_results(results: list[StageResult]) -> None:
                       f"{result.seconds:.1f}")
     console().print(table)
     for result in results:
+        if result.fallback:
+            console(stderr=True).print(f"warning: {result.stage}: fallback: {result.fallback}", markup=False,
+                                       soft_wrap=True, highlight=False)
         if result.identical_to:
             console().print(f"{result.stage}: forced rerun: {result.ref} is byte-identical to {result.identical_to}; "
                             "downstream caches stay valid", markup=False)
@@ -51,7 +54,9 @@ def stage(
     store: StoreOption = None,
 ) -> None:
     """Run one stage on the latest (or given) input versions and publish its dataset."""
-    from pipeline.stages import STAGES  # imports the ML stack: only for commands that run stages
+    from pipeline.stages import (
+        STAGES,  # imports the ML stack: only for commands that run stages
+    )
 
     if name not in STAGES:
         raise CommandError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")

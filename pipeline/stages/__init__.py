@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping
 
 from pipeline.stage import Stage, StageSpec
 
-
 DECLARED = (
     StageSpec("ingest", ("hr_images",), (), "pipeline.stages.ingest:IngestStage"),
     StageSpec("degrade", ("lq_pairs",), ("hr_images",), "pipeline.stages.degrade:DegradeStage"),

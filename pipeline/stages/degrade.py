@@ -13,9 +13,9 @@ import pyarrow as pa
 
 from dspo_core.degradation import DegradationParams, degrade
 from pipeline.config import DegradeConfig, PipelineConfig
-from pipeline.datasets import rgb_array
+from pipeline.datasets import ids_in_splits, rgb_array
 from pipeline.schemas import LQ_PAIRS, stable_id
-from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
+from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from storage import DatasetStore, image_cell
 
 log = logging.getLogger("dspo.degrade")

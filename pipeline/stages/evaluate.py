@@ -26,7 +26,11 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from dspo_core.iqa import IQAScorer
-from pipeline.checkpoints import build_diffusion_backbone, checkpoint_row, load_checkpoint_into
+from pipeline.checkpoints import (
+    build_diffusion_backbone,
+    checkpoint_row,
+    load_checkpoint_into,
+)
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.datasets import rgb_array
 from pipeline.reading_guide import notice_markdown, random_init_metadata

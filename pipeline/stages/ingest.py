@@ -16,13 +16,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 
-from pipeline.schemas import HR_IMAGES
 from pipeline.config import IngestConfig, PipelineConfig
 from pipeline.decode import BadImageError, decode_rgb
+from pipeline.schemas import HR_IMAGES
 from pipeline.sources import Skipped, SourceItem, list_source
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from storage import DatasetStore, image_cell

@@ -12,9 +12,9 @@ import pyarrow as pa
 
 from dspo_core.sr import SRBackbone
 from pipeline.config import CandidateSource, PipelineConfig, SampleConfig
-from pipeline.datasets import rgb_array
+from pipeline.datasets import ids_in_splits, rgb_array
 from pipeline.schemas import SR_CANDIDATES, stable_id
-from pipeline.stage import Shard, ShardOutput, Stage, ids_in_splits, make_shards
+from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from pipeline.weights import build_backbone_with_weights
 from storage import DatasetStore, image_cell
 

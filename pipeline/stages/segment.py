@@ -6,7 +6,6 @@ fallback (felzenszwalb superpixels) is used and named in the log and the manifes
 """
 from __future__ import annotations
 
-import logging
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -19,8 +18,6 @@ from pipeline.schemas import INSTANCES, stable_id
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from pipeline.weights import resolve_segmenter
 from storage import DatasetStore, decode_image
-
-log = logging.getLogger("dspo.stage")
 
 
 def anchor_image(sample: dict, column: str, anchor: str) -> np.ndarray:
@@ -43,17 +40,12 @@ class SegmentStage(Stage):
         resolved, note = resolve_segmenter(section)
         return {"segmenter": resolved.name, "fallback": note}
 
-    def _segmenter(self, resolved: SegmenterConfig, note: str | None) -> AbstractContextManager[Segmenter]:
-        def build() -> Segmenter:
-            if note:
-                log.warning("segment: using %s", note)
-            return build_segmenter(resolved)
-
-        return self.model("segmenter", resolved, build)
+    def _segmenter(self, resolved: SegmenterConfig) -> AbstractContextManager[Segmenter]:
+        return self.model("segmenter", resolved, lambda: build_segmenter(resolved))
 
     def metadata(self, section: SegmentConfig) -> dict:
         resolved, note = resolve_segmenter(section)
-        with self._segmenter(resolved, note) as segmenter:
+        with self._segmenter(resolved) as segmenter:
             return {"segmenter": segmenter.describe(), "fallback": note}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: SegmentConfig) -> list[Shard]:
@@ -67,7 +59,7 @@ class SegmentStage(Stage):
         samples = store.read_where_in(inputs["lq_pairs"], "sample_id", shard.items,
                                       columns=["sample_id", column, "crop_height", "crop_width"])
         rows, quarantine = [], []
-        with self._segmenter(resolved, note) as segmenter:
+        with self._segmenter(resolved) as segmenter:
             segmented = [(sample, segmenter.segment(anchor_image(sample, column, section.anchor)))
                          for sample in samples.to_pylist()]
         for sample, records in segmented:

@@ -32,7 +32,12 @@ import pyarrow.compute as pc
 from dspo_core.segment import rle
 from dspo_core.sr import LORA_WEIGHT_NAME, DiffusionSRBackbone
 from dspo_core.train import DSPOTrainer, PairExample
-from pipeline.checkpoints import build_diffusion_backbone, latest_checkpoint, tar_folder, untar
+from pipeline.checkpoints import (
+    build_diffusion_backbone,
+    latest_checkpoint,
+    tar_folder,
+    untar,
+)
 from pipeline.config import PipelineConfig, TrainStageConfig
 from pipeline.datasets import lineage_ref, rgb_array
 from pipeline.reading_guide import random_init_metadata
