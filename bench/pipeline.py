@@ -164,7 +164,7 @@ def child(images: int, profile: str, baseline: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
         source = Path(scratch) / "photos"
         make_photos(source, images)
-        overrides = {"ingest.source": str(source)}
+        overrides = (f"ingest.source={source}",)
         if baseline:
             config = load_config(profile, overrides)
             store = DatasetStore((Path(scratch) / "baseline").as_uri())

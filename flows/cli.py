@@ -24,7 +24,7 @@ from pipeline.cli import app as pipeline_app
 from pipeline.cli import labels as labels_cli
 from pipeline.cli.common import ERROR_EXIT, ReportingGroup, StoreOption, console, report_error
 from pipeline.cli.stages import ForceOption, ProfileOption, SetOption
-from pipeline.config import load_config, parse_override
+from pipeline.config import load_config
 
 app = typer.Typer(
     cls=ReportingGroup,
@@ -54,10 +54,6 @@ StateDirOption = Annotated[str | None, typer.Option(
          ".dspo/stack in the project folder.")]
 
 
-def _overrides(pairs: list[str] | None) -> dict:
-    return dict(parse_override(text) for text in pairs or [])
-
-
 def _fail(exc: Exception) -> None:
     report_error(str(exc))
     raise typer.Exit(ERROR_EXIT)
@@ -68,7 +64,7 @@ def _pipeline_parameters(profile: str, overrides: list[str] | None, store: str |
     name or key is one `error:` line at once, before any server is started or asked."""
     parameters = {"profile": profile, "force": force}
     if overrides:
-        parameters["overrides"] = _overrides(overrides)
+        parameters["overrides"] = list(overrides)
     load_config(profile, parameters.get("overrides"))
     if store:
         parameters["store"] = store

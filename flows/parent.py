@@ -1,6 +1,6 @@
 """The parent flow `dspo`: every stage in pipeline order, each stage's output feeding the next.
 
-    dspo(store=None, profile="demo", overrides=None, force=False, mode="auto", allow_empty=False) -> {"hr_images": "hr_images@v1", ...}
+    dspo(store="", profile="demo", overrides=(), force=False, mode="auto", allow_empty=False) -> {"hr_images": "hr_images@v1", ...}
 
 Each stage gets as inputs the refs of all earlier outputs it accepts (by dataset name); inputs
 no earlier stage produced (e.g. `human_labels` for rank) are used at @latest when present.
@@ -45,6 +45,7 @@ from flows.common import (
 )
 from flows.pipeline_run import one_line
 from flows.stage_flows import STAGE_FLOWS
+from pipeline.config import load_config
 from pipeline.stages import PIPELINE_ORDER, STAGE_SPECS, pinned_inputs
 
 log = logging.getLogger("dspo.flows")
@@ -117,7 +118,7 @@ def run_stage_deployment(stage: str, parameters: dict[str, Any]) -> str:
 
 @flow(name=PARENT_FLOW, persist_result=True, flow_run_name=run_namer("pipeline"),
       description="The whole DSPO pipeline: every stage in order, each output feeding the next.")
-def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, Any] | None = None,
+def dspo(store: str = "", profile: str = "demo", overrides: tuple[str, ...] = (),
          force: bool = False, mode: Literal["auto", "deployments", "subflows"] = "auto",
          allow_empty: bool = False) -> dict[str, str]:
     """Run every stage in pipeline order.
@@ -126,22 +127,24 @@ def dspo(store: str | None = None, profile: str = "demo", overrides: dict[str, A
         store: Dataset store URI (s3://bucket/prefix, file:///path). Empty: $DSPO_STORE, else
             .dspo/store in the project folder.
         profile: Profile in configs/ (demo, test, full) or a YAML path.
-        overrides: Dotted config overrides for every stage, e.g. {"degrade.seed": 3}.
+        overrides: Config overrides for every stage, one KEY=VALUE per line as with `dspo --set`,
+            e.g. degrade.seed=3.
         force: Recompute every stage even if a version with its fingerprint exists.
         allow_empty: Let stages publish outputs with no rows (refused by default).
         mode: deployments (each stage its own flow run), subflows (in this process), or auto
             (deployments when this run comes from a deployment).
     """
     logger = get_run_logger()
-    uri = resolve_store(store)  # resolved once, so every stage (wherever it runs) uses the same store
+    load_config(profile, list(overrides))  # a bad profile or override fails here, before any stage runs
+    uri = resolve_store(store or None)  # resolved once, so every stage (wherever it runs) uses the same store
     use_deployments = mode == "deployments" or (mode == "auto" and current_deployment.id is not None)
     logger.info("dspo: store %s, profile %s, stages %s, %s", uri, profile, ", ".join(pipeline_stages()),
                 "each stage as a deployment run" if use_deployments else "stages as subflows in this process")
     outputs: dict[str, str] = {}
     rows = []
     for name in pipeline_stages():
-        parameters = {"store": uri, "inputs": pinned_inputs(name, outputs), "profile": profile,
-                      "overrides": overrides, "force": force, "allow_empty": allow_empty}
+        parameters = {"store": uri, **pinned_inputs(name, outputs), "profile": profile,
+                      "overrides": list(overrides), "force": force, "allow_empty": allow_empty}
         if use_deployments:
             ref = run_stage_deployment(name, parameters)
         else:

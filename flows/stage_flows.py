@@ -1,6 +1,7 @@
 """One Prefect flow per pipeline stage, `dspo-<stage>`, built from `pipeline.stages.STAGES`.
 
-    dspo_degrade(store=None, inputs=None, profile="demo", overrides=None, force=False, allow_empty=False) -> "lq_pairs@v3"
+    dspo_degrade(store="", hr_images="hr_images@v1", profile="demo", overrides=["degrade.seed=3"],
+                 force=False, allow_empty=False) -> "lq_pairs@v3"
 
 A stage added to STAGES gets its flow here automatically (module attribute `dspo_<stage>`,
 the entrypoint `flows/stage_flows.py:dspo_<stage>` of its `stage` deployment in prefect.yaml).
@@ -28,6 +29,7 @@ Threads and the StageJob. The job is built once in the flow and its shard tasks 
 `StageJob.run_shard` is thread-safe, and the models a stage runs with come from the stage
 framework's per-process cache (pipeline.stage_models), so this module knows nothing of them.
 """
+import inspect
 import logging
 import os
 import threading
@@ -59,7 +61,7 @@ from flows.common import (
     shard_workers,
     task_runner_kind,
 )
-from pipeline.config import load_config
+from pipeline.config import load_config, parse_override
 from pipeline.previews import manifest_summary, preview_markdown
 from pipeline.stage import Shard, StageJob
 from pipeline.stages import STAGE_SPECS, STAGES
@@ -182,12 +184,13 @@ def _map_shards(job_id: str, name: str, job: StageJob, context: JobContext, logg
     return len(pending), compute
 
 
-def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, profile: str,
-                   overrides: dict[str, Any] | None, force: bool, allow_empty: bool = False) -> str:
+def run_stage_flow(name: str, store: str | None, inputs: dict[str, str], profile: str, overrides: list[str],
+                   force: bool, allow_empty: bool = False) -> str:
     """The body of every stage flow (see the module docstring)."""
     logger = get_run_logger()
     stage = STAGES[name]
-    config = load_config(profile, dict(overrides or {}))
+    parsed = dict(parse_override(text) for text in overrides)
+    config = load_config(profile, parsed)
     uri = resolve_store(store)
     opened = DatasetStore(uri)
     job_id = f"{current_flow_run.id or 'local'}-{name}-{id(opened)}"
@@ -202,7 +205,7 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str] | None, 
                         name, job.cached_ref, job.fingerprint[:12])
         else:
             JOBS[job_id] = job
-            context = JobContext(uri, profile, dict(overrides or {}), dict(job.inputs))
+            context = JobContext(uri, profile, parsed, dict(job.inputs))
             computed, compute = _map_shards(job_id, name, job, context, logger)
             publish(job_id, name)
         result = job.result()
@@ -253,25 +256,53 @@ def shard_task_runner():
     return ThreadPoolTaskRunner(max_workers=shard_workers())
 
 
+def stage_inputs(stage: str, given: dict[str, str]) -> dict[str, str]:
+    """The refs a stage flow's input fields name ({} for empty fields: @latest). A field takes a
+    ref of its own dataset ("lq_pairs@v3", "lq_pairs@latest") or just the version ("v3", "latest")."""
+    refs = {}
+    for dataset, value in given.items():
+        value = (value or "").strip()
+        if not value:
+            continue
+        ref = value if "@" in value else f"{dataset}@{value}"
+        if ref.partition("@")[0] != dataset:
+            raise ValueError(f"input {dataset}: {value!r} is not a {dataset} ref (e.g. {dataset}@v2, v2 or latest)")
+        refs[dataset] = ref
+    return refs
+
+
 def make_stage_flow(name: str):
-    """The Prefect flow `dspo-<name>` for the stage `STAGES[name]` (built from its registry
-    entry: defining the flows imports no stage's models)."""
+    """The Prefect flow `dspo-<name>` for the stage `STAGES[name]`, built from its spec (defining
+    the flows imports no stage's models). Its parameters are what a person fills in the UI's run
+    form: one optional text field per dataset the stage reads, overrides as `key=value` lines."""
     stage = STAGE_SPECS[name]
-
-    def stage_flow(store: str | None = None, inputs: dict[str, str] | None = None, profile: str = "demo",
-                   overrides: dict[str, Any] | None = None, force: bool = False, allow_empty: bool = False) -> str:
-        return run_stage_flow(name, store, inputs, profile, overrides, force, allow_empty)
-
     accepted = [*stage.inputs, *stage.optional_inputs]
-    stage_flow.__doc__ = f"""Run stage {name!r}: {', '.join(accepted) or 'source files'} -> {stage.output}.
+
+    def stage_flow(**parameters: Any) -> str:
+        return run_stage_flow(name, parameters["store"] or None,
+                              stage_inputs(name, {dataset: parameters[dataset] for dataset in accepted}),
+                              parameters["profile"], list(parameters["overrides"] or []), parameters["force"],
+                              parameters["allow_empty"])
+
+    field = inspect.Parameter.KEYWORD_ONLY
+    stage_flow.__signature__ = inspect.Signature([
+        inspect.Parameter("store", field, default="", annotation=str),
+        *(inspect.Parameter(dataset, field, default="", annotation=str) for dataset in accepted),
+        inspect.Parameter("profile", field, default="demo", annotation=str),
+        inspect.Parameter("overrides", field, default=[], annotation=list[str]),
+        inspect.Parameter("force", field, default=False, annotation=bool),
+        inspect.Parameter("allow_empty", field, default=False, annotation=bool),
+    ], return_annotation=str)
+    input_docs = "".join(
+        f"            {dataset}: The {dataset} version to read, e.g. {dataset}@v2 (or v2). Empty: the latest"
+        f"{' if the store has one' if dataset in stage.optional_inputs else ''}.\n" for dataset in accepted)
+    stage_flow.__doc__ = f"""{stage.summary}
 
         Args:
             store: Dataset store URI (s3://bucket/prefix, file:///path). Empty: $DSPO_STORE, else
                 .dspo/store in the project folder.
-            inputs: Input refs by dataset name, e.g. {{"{accepted[0] if accepted else 'name'}": "{accepted[0] if accepted else 'name'}@v2"}};
-                missing ones: @latest. Accepted: {', '.join(accepted) or 'none'}.
-            profile: Profile in configs/ (demo, test, full) or a YAML path.
-            overrides: Dotted config overrides, e.g. {{"{name}.shard_size": 8}}.
+{input_docs}            profile: Profile in configs/ (demo, test, full) or a YAML path.
+            overrides: Config overrides, one KEY=VALUE per line as with `dspo --set`, e.g. {name}.shard_size=8.
             force: Recompute even if a version with this fingerprint exists.
             allow_empty: Publish an output with no rows (refused by default, so an empty version never
                 becomes the latest).
@@ -279,8 +310,7 @@ def make_stage_flow(name: str):
     stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
     stage_flow.__module__ = __name__
     return flow(name=flow_name(name), task_runner=shard_task_runner(), flow_run_name=run_namer(name),
-                persist_result=True, description=stage.summary,
-                )(stage_flow)
+                persist_result=True, description=stage.summary)(stage_flow)
 
 
 #: Stage flows by stage name, in pipeline order; also module attributes `dspo_<stage>`.

@@ -198,7 +198,7 @@ def test_full_pipeline_through_deployments_on_s3(running_stack, s3_server, s3_bu
     # One stage alone, forced: a new `instances` version, nothing else changes.
     before = {name: store.versions(name) for name in store.datasets()}
     result = running_stack.deploy_run("dspo-segment/stage", {
-        "store": store_uri, "profile": "test", "force": True, "inputs": {"lq_pairs": "lq_pairs@v1"}}, timeout=600)
+        "store": store_uri, "profile": "test", "force": True, "lq_pairs": "lq_pairs@v1"}, timeout=600)
     assert result.returncode == 0, explain(result, state)
     after = {name: store.versions(name) for name in store.datasets()}
     assert after.pop("instances") == before.pop("instances") + [2]
@@ -222,7 +222,7 @@ def test_failed_stage_fails_the_parent_and_is_retried_alone(running_stack, s3_se
     After it is created, the failed ingest flow run itself is retried, as the UI's Retry does."""
     store_uri, store = s3_store(s3_server, s3_bucket)
     source = tmp_path / "photos"
-    parameters = {"store": store_uri, "profile": "test", "overrides": {"ingest.source": str(source)}}
+    parameters = {"store": store_uri, "profile": "test", "overrides": [f"ingest.source={source}"]}
     result = running_stack.deploy_run("dspo/full-pipeline", parameters, timeout=600)
     assert result.returncode != 0, explain(result, running_stack.state)
 
@@ -296,3 +296,29 @@ def test_dspo_pipeline_names_the_failed_stage(running_stack, s3_server, s3_bucke
     assert f"stage ingest: flow run {ingest['name']} ({ingest['id']}, {ui}/runs/flow-run/{ingest['id']})" in \
         parent["state"]["message"]
     assert store.datasets() == []
+
+
+def test_the_ui_run_form_has_a_field_per_input(running_stack):
+    """The custom-run page of `dspo-score/stage` in the real Prefect UI (headless Chromium): one
+    text field per dataset the stage reads, overrides as lines, each with its description."""
+    from playwright.sync_api import sync_playwright
+
+    from flows import stack
+
+    deployment = next(item for item in api("POST", f"{running_stack.api_url}/deployments/filter", {"limit": 200})
+                      if item["entrypoint"].endswith(":dspo_score"))
+    ui = stack.status(str(running_stack.state))["ui_url"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(f"{ui}/deployments/deployment/{deployment['id']}/run")
+        page.wait_for_selector("text=lq_pairs", timeout=60_000)
+        text = page.inner_text("body")
+        browser.close()
+    for dataset in ("lq_pairs", "sr_candidates", "instances"):
+        assert dataset in text
+        assert f"The {dataset} version to read, e.g. {dataset}@v2 (or v2). Empty: the latest." in text
+    assert "one KEY=VALUE per line as with `dspo --set`" in text or "one KEY=VALUE per line" in text
+    assert "Property is type None" not in text

@@ -89,8 +89,11 @@ def test_one_flow_per_stage_named_after_it():
     for name, stage_flow in STAGE_FLOWS.items():
         assert stage_flow.name == f"dspo-{name}"
         assert getattr(stage_flows, f"dspo_{name}") is stage_flow
-        assert list(stage_flow.parameters.properties) == ["store", "inputs", "profile", "overrides", "force",
-                                                          "allow_empty"]
+        spec = STAGE_SPECS[name]
+        assert list(stage_flow.parameters.properties) == ["store", *spec.inputs, *spec.optional_inputs, "profile",
+                                                          "overrides", "force", "allow_empty"]
+        for field, schema in stage_flow.parameters.properties.items():  # a form a person can fill
+            assert schema.get("description") and "anyOf" not in schema, (name, field, schema)
     assert parent_module.dspo.name == "dspo"
 
 
@@ -214,10 +217,11 @@ def test_permanent_error_in_a_shard_fails_the_flow_without_retry_and_publishes_n
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"overrides": {"degrade.no_such_option": 1}}, "no_such_option"),
-    ({"inputs": {"hr_images": "hr_images@v99"}}, "hr_images@v99"),
-    ({"inputs": {"no_such_dataset": "x@v1"}}, "no_such_dataset"),
-], ids=["bad-override", "missing-input-version", "unknown-input"])
+    ({"overrides": ["degrade.no_such_option=1"]}, "no_such_option"),
+    ({"overrides": ["degrade.seed"]}, "KEY=VALUE"),
+    ({"hr_images": "hr_images@v99"}, "hr_images@v99"),
+    ({"hr_images": "lq_pairs@v1"}, "is not a hr_images ref"),
+], ids=["bad-override", "override-without-value", "missing-input-version", "wrong-dataset-input"])
 def test_bad_parameters_fail_the_flow_and_publish_nothing(chain, store_uri, kwargs, message):
     before = {name: DatasetStore(store_uri).versions(name) for name in ("hr_images", "lq_pairs")}
     state = STAGE_FLOWS["degrade"](store=store_uri, profile="test", return_state=True, **kwargs)
@@ -314,8 +318,8 @@ def test_concurrent_shards_match_serial_shards(chain, store_uri):
         # Same shard size both times: backbones sample a shard as one batch, and batch composition may
         # change the last bits of a diffusion output (shard_size is part of the fingerprint).
         sample = STAGE_FLOWS["sample"].with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-        refs.append(sample(store=store_uri, profile="test", inputs={"lq_pairs": "lq_pairs@v1"},
-                           overrides={"sample.shard_size": 2}, force=True))
+        refs.append(sample(store=store_uri, profile="test", lq_pairs="lq_pairs@v1",
+                           overrides=["sample.shard_size=2"], force=True))
     backbones = [key for key in MODELS.keys() if key[:2] == ("sample", "backbone")]
     counts = [MODELS.instances(key) for key in backbones]
     assert counts and max(counts) <= 3 and counts[0] == 3, counts  # the first source: one per thread, then reused
@@ -338,7 +342,7 @@ def test_dask_task_runner_maps_shards_over_worker_processes(chain, store_uri, mo
     monkeypatch.setenv("DSPO_TASK_RUNNER", "dask")
     monkeypatch.setenv("DSPO_SHARD_WORKERS", "2")
     degrade = STAGE_FLOWS["degrade"].with_options(task_runner=stage_flows.shard_task_runner())
-    state = degrade(store=store_uri, profile="test", inputs={"hr_images": "hr_images@v1"}, force=True,
+    state = degrade(store=store_uri, profile="test", hr_images="v1", force=True,
                     return_state=True)
     assert state.is_completed(), state.message
     store = DatasetStore(store_uri)
