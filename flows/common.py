@@ -92,15 +92,23 @@ def stage_deployment(stage: str) -> str:
     return f"{flow_name(stage)}/{STAGE_DEPLOYMENT}"
 
 
+def run_name(label: str, profile: str) -> str:
+    """"<label>-<profile>-<MMDD-HHMMSS UTC>", e.g. "segment-demo-1208-142501": the runs list says
+    what ran, on which profile, when (Prefect's default is random words)."""
+    return f"{label}-{profile}-{datetime.now(timezone.utc):%m%d-%H%M%S}"
+
+
 def run_namer(label: str) -> Callable[[], str]:
-    """A flow-run name function: "<label>-<profile>-<MMDD-HHMMSS UTC>", e.g. "segment-demo-1208-142501",
-    so the runs list says what ran, on which profile, when (Prefect's default is random words)."""
+    """A flow's `flow_run_name`: `run_name` of the run's profile, keeping a name of that form the
+    run already has (`dspo pipeline` names the run when it creates it, and prints that name)."""
 
     def name() -> str:
         from prefect.runtime import flow_run
 
         profile = (flow_run.parameters or {}).get("profile") or "demo"
-        return f"{label}-{profile}-{datetime.now(timezone.utc):%m%d-%H%M%S}"
+        if (flow_run.name or "").startswith(f"{label}-{profile}-"):
+            return flow_run.name
+        return run_name(label, profile)
 
     return name
 

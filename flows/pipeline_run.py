@@ -14,7 +14,7 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
-from flows.common import FLOW_PREFIX
+from flows.common import FLOW_PREFIX, run_name
 from flows.prefect_api import api_url, http, ui_url
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -64,7 +64,8 @@ def create_run(port: int, deployment: str, parameters: dict) -> FlowRunRef:
         raise RunError(f"the stack's server has no deployment {deployment}: run `dspo up` (it deploys prefect.yaml)")
     if status != 200:
         raise RunError(f"cannot read deployment {deployment} from {api}: HTTP {status}: {record}")
-    status, run = _call("POST", f"{api}/deployments/{record['id']}/create_flow_run", {"parameters": parameters})
+    body = {"parameters": parameters, "name": run_name("pipeline", parameters.get("profile") or "demo")}
+    status, run = _call("POST", f"{api}/deployments/{record['id']}/create_flow_run", body)
     if status not in (200, 201):
         raise RunError(f"cannot create a flow run of {deployment} on {api}: HTTP {status}: {run}")
     return _ref(port, run)
