@@ -61,7 +61,7 @@ from flows.common import (
     shard_workers,
     task_runner_kind,
 )
-from pipeline.config import load_config, parse_override
+from pipeline.config import load_config, override_value
 from pipeline.previews import manifest_summary, preview_markdown
 from pipeline.stage import Shard, StageJob
 from pipeline.stages import STAGE_SPECS, STAGES
@@ -189,7 +189,7 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str], profile
     """The body of every stage flow (see the module docstring)."""
     logger = get_run_logger()
     stage = STAGES[name]
-    parsed = dict(parse_override(text) for text in overrides)
+    parsed = dict(override_value(text) for text in overrides)
     config = load_config(profile, parsed)
     uri = resolve_store(store)
     opened = DatasetStore(uri)

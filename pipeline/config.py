@@ -2,39 +2,51 @@
 `configs/` with dotted overrides (`degrade.seed=3`). Pydantic, so Prefect renders it as a form.
 
 `load_config` checks every key and name of a profile before any model is built or any shard
-runs (IQA metrics against pyiqa's registry, SR backbones, segmenters, loss types, text modes,
-devices, candidate settings, split names) and reports what is wrong as one ConfigError line
-naming the dotted key, the bad value and the accepted ones (pipeline.config_errors)."""
+runs (IQA metrics against pyiqa's registry, SR backbones and their own configs, the candidate
+settings each backbone honours, segmenters, loss types, text modes, devices, split names) and
+reports what is wrong as one ConfigError line naming the dotted key, the bad value and the
+accepted ones (pipeline.config_errors)."""
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dspo_core.degradation import DegradationConfig
 from dspo_core.feedback import CaptionerConfig, FeedbackConfig
 from dspo_core.iqa import IQAConfig
 from dspo_core.pairs import PairConfig
 from dspo_core.segment import SegmenterConfig
-from dspo_core.sr import CandidateSettings
+from dspo_core.sr.base import SETTING_FIELDS, CandidateSettings
+from dspo_core.sr.config import BACKBONE_CONFIGS, DIFFUSION_BACKBONES, SUPPORTED_SETTINGS, setting_problem
 from dspo_core.train.config import TrainConfig
-from pipeline.config_errors import ConfigError, close_matches, describe_errors
+from pipeline.config_errors import ConfigError, close_matches, described, describe_errors, problems_error
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-# The names of dspo_core.sr.BACKBONES and of its DiffusionSRBackbones, spelled out because
-# importing that registry loads torch, diffusers and transformers (~19 s of CPU and 1.1 GB
-# measured on our 2-core machines) and every profile names backbones;
-# tests/test_config_validation.py checks that both lists match the registry.
-BackboneName = Literal["bicubic", "realesrgan", "tiny-sd", "one-step-sd", "sd-x4-upscaler"]
-DiffusionBackboneName = Literal["tiny-sd", "one-step-sd", "sd-x4-upscaler"]
-SR_BACKBONES: tuple[str, ...] = get_args(BackboneName)
-DIFFUSION_BACKBONES: tuple[str, ...] = get_args(DiffusionBackboneName)
+# From dspo_core.sr.config, not dspo_core.sr.BACKBONES: importing that registry loads torch,
+# diffusers and transformers (~19 s of CPU and 1.1 GB measured on our 2-core machines), and
+# every profile names backbones; tests/test_config_validation.py checks that both agree.
+SR_BACKBONES: tuple[str, ...] = tuple(BACKBONE_CONFIGS)
+BackboneName = Literal[SR_BACKBONES]
+DiffusionBackboneName = Literal[DIFFUSION_BACKBONES]
 # Shares of ingest.split_fractions may miss 1 by float rounding.
 _SHARE_TOLERANCE = 1e-6
+
+
+def check_backbone_config(backbone: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` unchanged when it fits the config class of `backbone` (None: the name itself was
+    refused, so nothing to check against); else a ValidationError worded against that class."""
+    if backbone is None:
+        return config
+    try:
+        BACKBONE_CONFIGS[backbone].model_validate(config)
+    except ValidationError as exc:
+        raise described(exc, BACKBONE_CONFIGS[backbone]) from None
+    return config
 
 
 class Section(BaseModel):
@@ -84,9 +96,9 @@ class DegradeConfig(Section):
 class CandidateSource(Section):
     """One SR backbone and the settings of the candidates it contributes to each sample."""
 
-    backbone: BackboneName = Field(description="A name in dspo_core.sr.BACKBONES (bicubic, realesrgan, tiny-sd, "
-                                               "one-step-sd, sd-x4-upscaler).")
-    config: dict[str, Any] = Field(default_factory=dict, description="The backbone's own config (see its Config).")
+    backbone: BackboneName = Field(description=f"A name in dspo_core.sr.BACKBONES ({', '.join(SR_BACKBONES)}).")
+    config: dict[str, Any] = Field(default_factory=dict, description="The backbone's own config, checked against "
+                                                                     "its class in dspo_core.sr.config.")
     settings: list[CandidateSettings] = Field(
         default_factory=lambda: [CandidateSettings()],
         description="One entry per candidate; `seed` is an offset mixed with the sample id and candidate index.")
@@ -94,6 +106,11 @@ class CandidateSource(Section):
         default_factory=dict,
         description="Settings grid, e.g. {guidance_scale: [3, 7], steps: [20, 50]}: every settings entry is "
                     "expanded over the cartesian product (here 4 candidates per entry).")
+
+    @field_validator("config")
+    @classmethod
+    def _backbone_config(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return check_backbone_config(info.data.get("backbone"), value)
 
     @model_validator(mode="after")
     def _grid_settings(self) -> CandidateSource:
@@ -113,6 +130,22 @@ class CandidateSource(Section):
                     CandidateSettings.model_validate({**base.model_dump(exclude_unset=True), **combination})
                 except ValidationError as exc:
                     raise ValueError(f"grid {combination} on settings[{index}]: {describe_errors(exc)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _honoured_settings(self) -> CandidateSource:
+        # The backbone refuses these with UnsupportedSettingsError when the stage runs; refuse them here.
+        problems = [(("settings", index, name), problem, getattr(base, name))
+                    for index, base in enumerate(self.settings) for name in SETTING_FIELDS
+                    if (problem := setting_problem(self.backbone, name, getattr(base, name)))]
+        for name, values in self.grid.items():
+            if name != "seed" and name not in SUPPORTED_SETTINGS[self.backbone]:
+                problems.append((("grid", name), setting_problem(self.backbone, name, values[0]), values))
+                continue
+            problems += [(("grid", name, index), problem, value) for index, value in enumerate(values)
+                         if name != "seed" and (problem := setting_problem(self.backbone, name, value))]
+        if problems:
+            raise problems_error("CandidateSource", problems)
         return self
 
     def candidate_settings(self) -> list[CandidateSettings]:
@@ -186,9 +219,10 @@ class TrainStageConfig(Section):
     """How `preferences` fine-tune a diffusion SR backbone with DSPO (`checkpoints`, `train_metrics`)."""
 
     backbone: DiffusionBackboneName = Field("tiny-sd", description="A DiffusionSRBackbone in dspo_core.sr.BACKBONES "
-                                                                   "(tiny-sd, one-step-sd, sd-x4-upscaler).")
+                                                                   f"({', '.join(DIFFUSION_BACKBONES)}).")
     backbone_config: dict[str, Any] = Field(default_factory=dict,
-                                            description="The backbone's own config; s3:// path/lora_path are fetched.")
+                                            description="The backbone's own config, checked against its class in "
+                                                        "dspo_core.sr.config; s3:// path/lora_path are fetched.")
     train: TrainConfig = Field(default_factory=TrainConfig,
                                description="dspo_core.train.TrainConfig: steps, batch, lr, beta, masks, text mode...")
     splits: list[str] = Field(default_factory=lambda: ["train"],
@@ -198,6 +232,11 @@ class TrainStageConfig(Section):
     resume: bool = Field(False, description="Continue from the latest checkpoint of the same run_id (same "
                                             "backbone, data and hyperparameters; max_steps may grow).")
     save_every: int = Field(0, ge=0, description="A checkpoints row every this many steps; 0 = only at the end.")
+
+    @field_validator("backbone_config")
+    @classmethod
+    def _backbone_config(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return check_backbone_config(info.data.get("backbone"), value)
 
     @model_validator(mode="after")
     def _stage_owns_checkpoints(self) -> TrainStageConfig:
@@ -281,6 +320,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def takes_text(key: str) -> bool:
+    """Whether the dotted `key` names a plain `str` field of PipelineConfig: an override of it is
+    taken as typed, never read as YAML (YAML would make "photos #2" "photos" and "2024" an int)."""
+    model: type[BaseModel] = PipelineConfig
+    *path, last = key.split(".")
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    field = model.model_fields.get(last)
+    return field is not None and field.annotation is str
+
+
+def override_value(text: str) -> tuple[str, Any]:
+    """`parse_override`, except that a plain string field gets the text after '=' exactly as typed."""
+    key, value = parse_override(text)
+    return (key, text.partition("=")[2]) if takes_text(key) else (key, value)
+
+
 def profile_names() -> list[str]:
     """The profiles in configs/, by name."""
     return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
@@ -325,7 +384,7 @@ def load_config(profile: str = "demo", overrides: list[str] | dict[str, Any] | N
     path = profile_path(profile)
     tree = _read_profile(path)
     tree.setdefault("profile", path.stem)
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    items = overrides.items() if isinstance(overrides, dict) else map(override_value, overrides or [])
     for key, value in items:
         _set_dotted(tree, key, value)
     try:

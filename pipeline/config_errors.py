@@ -10,10 +10,13 @@ from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 
 # Longest repr of a rejected value in a message (a whole section can be the value).
 _VALUE_CHARS = 80
 _SEQUENCES = (list, tuple, set, frozenset)
+# Error type of a problem already worded (see `described`).
+DESCRIBED = "described"
 
 
 class ConfigError(ValueError):
@@ -83,34 +86,57 @@ def _value(value: Any) -> str:
     return text if len(text) <= _VALUE_CHARS else text[:_VALUE_CHARS - 3] + "..."
 
 
-def describe_error(error: dict, model: type[BaseModel] | None = None) -> str:
-    """One pydantic error (an item of ValidationError.errors()) as `key: problem[; accepted: ...]`.
-
-    `model` is the validated model class: it tells the accepted keys of an unknown key's section
-    and the accepted values of a Literal field."""
+def _problem(error: dict, model: type[BaseModel] | None, nested: bool = False) -> str:
+    """What is wrong in one pydantic error, without its key; `nested`: `model` is not the top level."""
     loc, kind = tuple(error["loc"]), error["type"]
-    key = dotted_key(loc)
+    if kind == DESCRIBED:
+        return error["msg"]
     if kind == "extra_forbidden":
         parent = annotation_at(model, loc[:-1]) if model else None
         if not _is_model(parent):
-            return f"{key}: unknown key"
+            return "unknown key"
         accepted = list(parent.model_fields)
-        what = "section" if len(loc) == 1 else "key"
-        return f"{key}: unknown {what}{close_matches(loc[-1], accepted)}; accepted: {', '.join(accepted)}"
+        what = "section" if len(loc) == 1 and not nested else "key"
+        return f"unknown {what}{close_matches(loc[-1], accepted)}; accepted: {', '.join(accepted)}"
     if kind == "literal_error":
         annotation = annotation_at(model, loc) if model else None
         accepted = [str(value) for value in get_args(annotation)] if get_origin(annotation) is Literal else []
         listed = ", ".join(accepted) or error["ctx"]["expected"]
-        return f"{key}: invalid value {_value(error['input'])}{close_matches(error['input'], accepted)}; " \
-               f"accepted: {listed}"
+        return f"invalid value {_value(error['input'])}{close_matches(error['input'], accepted)}; accepted: {listed}"
     if kind == "missing":
         text = "required, not set"
     elif kind in ("value_error", "assertion_error"):
         text = str(error["ctx"]["error"])
     else:
         text = f"{error['msg']}, got {_value(error['input'])}"
-    text = " ".join(text.split())
+    return " ".join(text.split())
+
+
+def describe_error(error: dict, model: type[BaseModel] | None = None) -> str:
+    """One pydantic error (an item of ValidationError.errors()) as `key: problem[; accepted: ...]`.
+
+    `model` is the validated model class: it tells the accepted keys of an unknown key's section
+    and the accepted values of a Literal field."""
+    key, text = dotted_key(tuple(error["loc"])), _problem(error, model)
     return f"{key}: {text}" if key else text
+
+
+def described(exc: ValidationError, model: type[BaseModel]) -> ValidationError:
+    """`exc`, raised by validating `model`, with each problem already worded against `model`.
+
+    A field validator that validates a nested config by hand (a backbone's config, chosen by
+    another field) raises this: pydantic prefixes each error's loc with the field's own, and the
+    accepted keys and values of `model` survive into the outer message."""
+    return problems_error(model.__name__, [(error["loc"], _problem(error, model, nested=True), error["input"])
+                                           for error in exc.errors()])
+
+
+def problems_error(title: str, problems: list[tuple[tuple, str, Any]]) -> ValidationError:
+    """A ValidationError of `(loc, problem, input)` items worded by the caller; raised inside a
+    validator, pydantic prefixes each loc with the validated field's or model's."""
+    return ValidationError.from_exception_data(title, [
+        {"type": PydanticCustomError(DESCRIBED, "{problem}", {"problem": problem}), "loc": tuple(loc), "input": value}
+        for loc, problem, value in problems])
 
 
 def describe_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> str:

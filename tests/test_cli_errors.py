@@ -149,8 +149,7 @@ MISTAKES = [
                                "--set segment.fallback=none --store {store}",
             ("sam_vit_b_01ec64.pth", "$DSPO_MODELS")),
     Mistake("input-the-stage-does-not-take", "stage degrade --profile test --input lq_pairs@v1 --store {store}",
-            ("stage degrade failed (ValueError:", "['hr_images']", "rerun with --debug for the traceback"),
-            exit_code=1),
+            ("stage 'degrade' takes inputs ['hr_images'], not ['lq_pairs']",)),
     # Ingest sources.
     Mistake("ingest-missing-folder", "ingest {root}/no/such/photos --profile test --store {store}",
             ("no/such/photos is not a folder",)),
@@ -189,8 +188,20 @@ MISTAKES = [
     # The traceback, when asked for.
     Mistake("debug-flag", "--debug datasets show nope --store {store}",
             ("dataset 'nope' has no published version",), traceback=True),
-    Mistake("debug-environment", "stage degrade --profile test --input lq_pairs@v1 --store {store}",
-            ("stage degrade failed (ValueError:", "the traceback is above"), exit_code=1, env="debug", traceback=True),
+    Mistake("debug-environment", "ingest {root}/tables --profile test --store {store}",
+            ("stage ingest failed (ValueError:", "the traceback is above"), exit_code=1, env="debug", traceback=True),
+    # A backbone's own config and the candidate settings it honours, refused before any model loads.
+    Mistake("bad-backbone-config-value",
+            'stage sample --profile test --set sample.sources=[{{"backbone":"realesrgan","config":{{"variant":'
+            '"x4plux"}}}}] --store {store}',
+            ("sample.sources[0].config.variant: invalid value 'x4plux' (did you mean x4plus?)",)),
+    Mistake("mistyped-backbone-config-key", "stage train --profile test --set train.backbone_config.lora.rnak=8 "
+                                            "--store {store}",
+            ("train.backbone_config.lora.rnak: unknown key (did you mean rank?); accepted: rank, alpha",)),
+    Mistake("setting-the-backbone-cannot-honour",
+            'stage sample --profile test --set sample.sources=[{{"backbone":"bicubic","settings":[{{"steps":20}}]}}] '
+            '--store {store}',
+            ("sample.sources[0].settings[0].steps: backbone 'bicubic' cannot honour steps; accepted: seed",)),
 ]
 
 

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from dspo_core.iqa.config import UNSUPPORTED_METRICS, pyiqa_metric_names
 from dspo_core.segment.config import SegmenterConfig
 from dspo_core.train.config import TrainConfig
+from dspo_core.sr.config import BACKBONE_CONFIGS, SETTING_CHOICES, SUPPORTED_SETTINGS
 from pipeline.config import DIFFUSION_BACKBONES, SR_BACKBONES, ConfigError, load_config, profile_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +59,34 @@ def test_backbone_segmenter_and_loss_names_match_their_registries():
     from dspo_core.segment import SEGMENTERS
     from dspo_core.sr import BACKBONES, DiffusionSRBackbone
 
-    assert set(SR_BACKBONES) == set(BACKBONES)
+    assert SR_BACKBONES == tuple(BACKBONE_CONFIGS) == tuple(BACKBONES)
     assert set(DIFFUSION_BACKBONES) == {name for name, cls in BACKBONES.items() if issubclass(cls, DiffusionSRBackbone)}
     assert set(typing.get_args(SegmenterConfig.model_fields["name"].annotation)) == set(SEGMENTERS)
     assert set(typing.get_args(TrainConfig.model_fields["loss_type"].annotation)) == set(LOSS_TYPES)
+
+
+def test_torch_free_backbone_table_is_what_the_backbones_enforce():
+    """Each backbone class takes its Config, supported settings and setting choices from
+    dspo_core.sr.config, so what load_config refuses is what the backbone would refuse."""
+    from dspo_core.sr import BACKBONES
+    from dspo_core.sr.config import DType
+    from dspo_core.sr.diffusion import DTYPES
+    from dspo_core.sr.realesrgan import VARIANTS
+
+    for name, backbone in BACKBONES.items():
+        assert backbone.Config is BACKBONE_CONFIGS[name], name
+        assert backbone.supported_settings == SUPPORTED_SETTINGS[name], name
+        assert set(SETTING_CHOICES[name]) <= SUPPORTED_SETTINGS[name], name
+    variants = typing.get_args(BACKBONE_CONFIGS["realesrgan"].model_fields["variant"].annotation)
+    assert set(variants) == set(VARIANTS)
+    assert set(typing.get_args(DType)) == set(DTYPES)
+
+
+def test_backbone_table_is_read_without_torch():
+    probe = ("import sys; import pipeline.config; from dspo_core.sr.config import BACKBONE_CONFIGS; "
+             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'ncnn', 'peft') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
 
 
 @pytest.mark.parametrize("profile", profile_names())
@@ -98,6 +123,34 @@ def test_every_shipped_profile_is_valid(profile):
         "sample.sources[0]: grid.stpes: unknown candidate setting (did you mean steps?); accepted: seed, steps"]),
     (["sample.sources=[{backbone: tiny-sd, grid: {steps: [2, 0]}}]"], [
         "sample.sources[0]: grid {'steps': 0} on settings[0]: steps: Input should be greater than or equal to 1"]),
+    # inside a backbone's own config, checked against its class in dspo_core.sr.config
+    (["sample.sources=[{backbone: bicubic}, {backbone: bicubic}, {backbone: realesrgan, config: {scael: 3}}]"], [
+        "sample.sources[2].config.scael: unknown key; accepted: variant, tile, tile_pad, num_threads"]),
+    (["sample.sources=[{backbone: realesrgan, config: {variant: x4plux}}]"], [
+        "sample.sources[0].config.variant: invalid value 'x4plux' (did you mean x4plus?); accepted: x4plus, "
+        "x4plus-anime, animevideov3"]),
+    (["sample.sources=[{backbone: tiny-sd, config: {timstep: 999}}]"], [
+        "sample.sources[0].config.timstep: unknown key (did you mean timestep?); accepted: model_id, path"]),
+    (["train.backbone_config={device: gpu}"], ["train.backbone_config.device: unknown device 'gpu'; accepted: cpu, "
+                                               "mps, cuda, cuda:N"]),
+    (["train.backbone_config.lora={rnak: 8}"], ["train.backbone_config.lora.rnak: unknown key (did you mean rank?); "
+                                                "accepted: rank, alpha, target_modules"]),
+    (["train.backbone=sd-x4-upscaler", "train.backbone_config={default_steps: 0}"], [
+        "train.backbone_config.default_steps: Input should be greater than or equal to 1, got 0"]),
+    (["train.backbone_config={dtype: fp16}"], ["train.backbone_config.dtype: invalid value 'fp16'; accepted: "
+                                              "float32, float16, bfloat16"]),
+    # candidate settings the backbone would refuse with UnsupportedSettingsError when the stage runs
+    (["sample.sources=[{backbone: bicubic, settings: [{seed: 1}, {steps: 20}]}]"], [
+        "sample.sources[0].settings[1].steps: backbone 'bicubic' cannot honour steps; accepted: seed"]),
+    (["sample.sources=[{backbone: tiny-sd, settings: [{noise_level: 20}]}]"], [
+        "sample.sources[0].settings[0].noise_level: backbone 'tiny-sd' cannot honour noise_level; accepted: seed, "
+        "guidance_scale, negative_prompt, noise_strength, prompt, steps"]),
+    (["sample.sources=[{backbone: one-step-sd, settings: [{steps: 4}]}]"], [
+        "sample.sources[0].settings[0].steps: backbone 'one-step-sd' is one-step: steps must be 1, got 4"]),
+    (["sample.sources=[{backbone: tiny-sd, grid: {steps: [1, 4]}}]"], [
+        "sample.sources[0].grid.steps[1]: backbone 'tiny-sd' is one-step: steps must be 1, got 4"]),
+    (["sample.sources=[{backbone: realesrgan, grid: {prompt: [a, b]}}]"], [
+        "sample.sources[0].grid.prompt: backbone 'realesrgan' cannot honour prompt; accepted: seed"]),
 ])
 def test_a_bad_value_is_one_line_naming_key_value_and_accepted(overrides, fragments):
     message = config_error("demo", overrides)
@@ -142,10 +195,14 @@ def test_several_problems_share_the_line():
 def test_accepted_values_load():
     config = load_config("test", ["segment.segmenter.device=cuda:1", "score.iqa.device=mps",
                                   "caption.captioner={model: /models/blip, device: auto}",
-                                  "sample.sources=[{backbone: tiny-sd, grid: {steps: [1, 2]}}]",
+                                  "sample.sources=[{backbone: sd-x4-upscaler, grid: {steps: [20, 50]}}, "
+                                  "{backbone: realesrgan, config: {variant: x4plus-anime, tile: 0}}]",
+                                  "train.backbone_config={device: cuda:0, dtype: bfloat16, lora: {rank: 16}}",
                                   "evaluate.iqa.metrics=[lpips, musiq]", "train.backbone=one-step-sd"])
     assert config.segment.segmenter.device == "cuda:1" and config.caption.captioner.device == "auto"
     assert len(config.sample.sources[0].candidate_settings()) == 2
+    assert config.sample.sources[1].config == {"variant": "x4plus-anime", "tile": 0}
+    assert config.train.backbone_config["lora"] == {"rank": 16}
     assert set(config.evaluate.iqa.metrics).isdisjoint(UNSUPPORTED_METRICS)
 
 
@@ -206,3 +263,9 @@ def test_pipeline_with_a_bad_profile_fails_at_once(tmp_path):
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no profile 'dmeo'"), result.stderr
     assert seconds < baseline + 3
+
+
+@pytest.mark.parametrize("typed", ["/data/photos #2", "2024", "yes", "[a, b]", "a: b", "null"])
+def test_a_string_override_is_taken_as_typed(typed):
+    assert load_config("test", [f"ingest.source={typed}"]).ingest.source == typed
+    assert load_config("test", ["degrade.seed=7"]).degrade.seed == 7  # typed fields still read YAML scalars

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dspo_core.sr import UnsupportedSettingsError
-from pipeline.config import load_config
+from dspo_core.sr import CandidateSettings, UnsupportedSettingsError
+from pipeline.config import CandidateSource, ConfigError, load_config
 from pipeline.stage import run_stage
 from pipeline.stages import STAGES
 from storage import DatasetStore, decode_image
@@ -56,8 +56,13 @@ def test_rerun_is_bit_identical(sampled):
 
 
 def test_unsupported_setting_is_a_clear_error(sampled):
-    store, _, _ = sampled
-    config = load_config("test", {"sample.sources": [{"backbone": "bicubic", "settings": [{"steps": 20}]}]})
+    store, config, _ = sampled
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.settings\[0\]\.steps: backbone 'bicubic' cannot honour steps"):
+        load_config("test", {"sample.sources": [{"backbone": "bicubic", "settings": [{"steps": 20}]}]})
+    # A config built in code, unvalidated, still meets the backbone's own refusal when the stage runs.
+    source = CandidateSource.model_construct(backbone="bicubic", config={}, settings=[CandidateSettings(steps=20)],
+                                             grid={})
+    config = config.model_copy(update={"sample": config.sample.model_copy(update={"sources": [source]})})
     with pytest.raises(UnsupportedSettingsError, match="'bicubic' cannot honour steps"):
         run_stage(STAGES["sample"], store, config)
 

@@ -79,7 +79,8 @@ class SRBackbone(ABC):
     """Base class of the SR backbones in ``dspo_core.sr.BACKBONES``.
 
     Subclasses set ``name``, ``Config`` (their pydantic config class) and
-    ``supported_settings``, and implement ``weights_id``, ``setting_defaults`` and
+    ``supported_settings``, both read from the torch-free ``dspo_core.sr.config`` so a
+    profile is checked against them before any model loads, and implement ``weights_id``, ``setting_defaults`` and
     ``_sample``.
 
     Args:

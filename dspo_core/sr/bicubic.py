@@ -10,21 +10,15 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
 
 from .base import CandidateSettings, SRBackbone
+from .config import SUPPORTED_SETTINGS, BicubicConfig
 
 
 def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
     """``(H, W, 3)`` uint8 -> ``(scale*H, scale*W, 3)`` uint8 with Pillow's bicubic filter."""
     height, width = image.shape[:2]
     return np.asarray(Image.fromarray(image).resize((width * scale, height * scale), Image.Resampling.BICUBIC))
-
-
-class BicubicConfig(BaseModel):
-    """Bicubic has no options; the empty config keeps the registry uniform."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class BicubicBackbone(SRBackbone):
@@ -36,6 +30,7 @@ class BicubicBackbone(SRBackbone):
 
     name = "bicubic"
     Config = BicubicConfig
+    supported_settings = SUPPORTED_SETTINGS[name]
 
     def __init__(self, config: BicubicConfig | None = None):
         super().__init__(config or BicubicConfig())

@@ -28,28 +28,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from peft import LoraConfig
-from pydantic import BaseModel, ConfigDict, Field
 
 from .base import CandidateSettings, SRBackbone
+from .config import LoraSettings  # noqa: F401 -- bench/ imports it from here
 from .weights import weights_id
 
 ADAPTER = "dspo"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class LoraSettings(BaseModel):
-    """The trainable LoRA adapter added to the UNet by ``trainable_parameters``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rank: int = Field(4, ge=1, description="LoRA rank r of every adapted projection.")
-    alpha: float | None = Field(None, gt=0, description="LoRA alpha (update scaled by alpha/r); None = rank.")
-    target_modules: tuple[str, ...] = Field(
-        ("to_q", "to_k", "to_v", "to_out.0"),
-        min_length=1,
-        description="UNet module names adapted: the attention projections, as in diffusers' LoRA scripts.",
-    )
 
 
 def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:

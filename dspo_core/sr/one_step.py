@@ -18,62 +18,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..digest import sha256_file
 from .base import CandidateSettings, UnsupportedSettingsError
 from .bicubic import bicubic_upscale
+from .config import SETTING_CHOICES, SUPPORTED_SETTINGS, OneStepSDConfig
 from .diffusion import (
     DTYPES,
     LORA_WEIGHT_NAME,
     DiffusionSRBackbone,
-    LoraSettings,
     images_to_tensor,
     pad_to_multiple,
     tensor_to_images,
 )
 from .weights import folder_digest, resolve_pretrained, weights_id
-
-SD21_BASE = "stabilityai/stable-diffusion-2-1-base"
-
-
-class OneStepSDConfig(BaseModel):
-    """Options of the one-step SD backbone; the candidate-setting defaults are the ``default_*`` fields."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_id: str = Field(
-        SD21_BASE, description="Hugging Face model id, looked up in the HF cache when `path` is None."
-    )
-    path: str | None = Field(
-        None,
-        description="Local diffusers pipeline folder; overrides the cache. s3:// is fetched by the pipeline layer.",
-    )
-    cache_dir: str | None = Field(None, description="Hugging Face hub cache to search; None = HF's default.")
-    lora_path: str | None = Field(
-        None,
-        description="Folder with a diffusers-format UNet LoRA (pytorch_lora_weights.safetensors) fused into the base "
-        "weights at load, e.g. a one-step SR LoRA; the trainable DSPO adapter goes on top of it.",
-    )
-    timestep: int = Field(999, ge=0, description="The single timestep the model denoises at (OSEDiff: 999).")
-    default_noise_strength: float = Field(
-        0.1, ge=0, description="noise_strength of candidates that leave it unset; 0 = the deterministic base output."
-    )
-    default_guidance_scale: float = Field(1.0, ge=0, description="guidance_scale when unset; <= 1 disables guidance.")
-    default_prompt: str = Field("", description="prompt when unset.")
-    default_negative_prompt: str = Field("", description="negative_prompt when unset (used only with guidance).")
-    lora: LoraSettings = Field(
-        default_factory=LoraSettings, description="The trainable adapter (rank, alpha, modules)."
-    )
-    batch_size: int = Field(4, ge=1, description="Images per forward pass in sample().")
-    device: str = Field("cpu", description="torch device of every part, e.g. cpu or cuda:0.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights and activations dtype.")
 
 
 class OneStepSDBackbone(DiffusionSRBackbone):
@@ -91,7 +55,7 @@ class OneStepSDBackbone(DiffusionSRBackbone):
 
     name = "one-step-sd"
     Config = OneStepSDConfig
-    supported_settings = frozenset({"steps", "guidance_scale", "noise_strength", "prompt", "negative_prompt"})
+    supported_settings = SUPPORTED_SETTINGS[name]
 
     def __init__(self, config: OneStepSDConfig | None = None):
         super().__init__(config or self.Config())
@@ -164,8 +128,10 @@ class OneStepSDBackbone(DiffusionSRBackbone):
         }
 
     def check_settings(self, settings: CandidateSettings) -> None:
-        if settings.steps != 1:
-            raise UnsupportedSettingsError(f"backbone {self.name!r} is one-step: steps must be 1, got {settings.steps}")
+        for setting, choice in SETTING_CHOICES[self.name].items():
+            problem = choice.problem(self.name, setting, getattr(settings, setting))
+            if problem:
+                raise UnsupportedSettingsError(problem)
 
     def encode_lq(self, lq: Sequence[np.ndarray], generator: torch.Generator | None = None) -> torch.Tensor:
         """Same-size LQ images -> latents of their bicubic x4 upscales (4x sides must fit the VAE grid)."""

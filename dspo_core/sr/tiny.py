@@ -23,11 +23,11 @@ from diffusers import (
     StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
 )
-from pydantic import Field
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .clip_tokenizer import load_clip_tokenizer
-from .one_step import OneStepSDBackbone, OneStepSDConfig
+from .config import TinySDConfig
+from .one_step import OneStepSDBackbone
 from .weights import resolve_pretrained
 
 TEXT_DIM = 32
@@ -187,16 +187,6 @@ def build_tiny_upscaler(directory: str, seed: int = 0, max_noise_level: int = 35
         os.makedirs(directory, exist_ok=True)
         pipeline.save_pretrained(directory, safe_serialization=True)
     return directory
-
-
-class TinySDConfig(OneStepSDConfig):
-    """``OneStepSDConfig`` for a tiny random-init model: built in a temporary folder when `path` is None."""
-
-    model_id: str = Field("tiny-sd", description="Label only; the model is built, not looked up.")
-    build_seed: int = Field(0, ge=0, description="Seed of the random weights when the model is built here.")
-    prediction_type: Literal["epsilon", "v_prediction"] = Field(
-        "epsilon", description="Scheduler prediction type of a model built here (a given `path` keeps its own)."
-    )
 
 
 class TinySDBackbone(OneStepSDBackbone):

@@ -12,45 +12,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionUpscalePipeline
-from pydantic import BaseModel, ConfigDict, Field
 
 from .base import CandidateSettings, UnsupportedSettingsError
-from .diffusion import DTYPES, DiffusionSRBackbone, LoraSettings, images_to_tensor, pad_to_multiple, tensor_to_images
+from .config import SUPPORTED_SETTINGS, SDUpscalerConfig
+from .diffusion import (
+    DTYPES,
+    DiffusionSRBackbone,
+    images_to_tensor,
+    pad_to_multiple,
+    tensor_to_images,
+)
 from .weights import folder_digest, resolve_pretrained, weights_id
-
-SD_X4_UPSCALER = "stabilityai/stable-diffusion-x4-upscaler"
-
-
-class SDUpscalerConfig(BaseModel):
-    """Options of the SD x4 upscaler backbone; candidate-setting defaults are the ``default_*`` fields
-    (the pipeline's own defaults)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model_id: str = Field(SD_X4_UPSCALER, description="Hugging Face model id, looked up in the HF cache.")
-    path: str | None = Field(
-        None,
-        description="Local diffusers pipeline folder; overrides the cache. s3:// is fetched by the pipeline layer.",
-    )
-    cache_dir: str | None = Field(None, description="Hugging Face hub cache to search; None = HF's default.")
-    default_steps: int = Field(75, ge=1, description="Denoising steps when a candidate leaves `steps` unset.")
-    default_guidance_scale: float = Field(9.0, ge=0, description="guidance_scale when unset; <= 1 disables guidance.")
-    default_noise_level: int = Field(
-        20, ge=0, description="noise_level when unset; also the LQ noise augmentation used by encode_lq/predict."
-    )
-    default_prompt: str = Field("", description="prompt when unset.")
-    default_negative_prompt: str = Field("", description="negative_prompt when unset (used only with guidance).")
-    lora: LoraSettings = Field(
-        default_factory=LoraSettings, description="The trainable adapter (rank, alpha, modules)."
-    )
-    batch_size: int = Field(4, ge=1, description="Images per pipeline call (same size and settings but the seed).")
-    device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights and activations dtype.")
 
 
 class SDUpscalerBackbone(DiffusionSRBackbone):
@@ -68,7 +45,7 @@ class SDUpscalerBackbone(DiffusionSRBackbone):
 
     name = "sd-x4-upscaler"
     Config = SDUpscalerConfig
-    supported_settings = frozenset({"steps", "guidance_scale", "noise_level", "prompt", "negative_prompt"})
+    supported_settings = SUPPORTED_SETTINGS[name]
 
     def __init__(self, config: SDUpscalerConfig | None = None):
         super().__init__(config or SDUpscalerConfig())
