@@ -11,6 +11,8 @@ What it measures
       read   raw   pq.read_table(path, filesystem=fs)
              ours  store.read_arrow(ref)                             (a second store, manifest cache
                                                                       cleared: a cold reader)
+             ver   store.read_arrow(ref, verify=True)                (cold: sha256 of every part first;
+                                                                      printed as time ver / time ours)
       iter   ours  for b in store.iter_batches(ref, batch_size=64)   (informational: also the
                                                                       peak RSS / Arrow-pool growth)
 
@@ -206,6 +208,13 @@ def run_backend(kind: str, table: pa.Table, repeat: int) -> dict:
                 del got
 
                 reader._manifests.clear()
+                reader._verified.clear()  # cold: the sha256 of every part is computed again
+                seconds, got = timed(lambda ref=ref: reader.read_arrow(ref, verify=True))
+                assert got.num_rows == table.num_rows
+                read_verified = (seconds, ours_bytes)
+                del got
+
+                reader._manifests.clear()
                 seconds, rows, rss_growth, pool_growth = stream(reader, ref)
                 assert rows == table.num_rows
                 if run:
@@ -213,6 +222,7 @@ def run_backend(kind: str, table: pa.Table, repeat: int) -> dict:
                     add("write", "ours", *write_ours)
                     add("read", "raw", *read_raw)
                     add("read", "ours", *read_ours)
+                    add("read", "ver", *read_verified)
                     add("iter", "ours", seconds, ours_bytes)
                     memory.append((rss_growth, pool_growth))
                 # raw files are kept, like the store's versions: deleting them would hand their
@@ -261,7 +271,7 @@ def main(argv=None) -> int:
         result = run_backend(kind, table, args.repeat)
         stats = summarise(result["samples"], args.rows)
         for op in ("write", "read", "iter"):
-            for impl in ("raw", "ours"):
+            for impl in ("raw", "ours", "ver"):
                 s = stats.get((op, impl))
                 if s is None:
                     continue
@@ -270,6 +280,8 @@ def main(argv=None) -> int:
                     value = s["rps"] / stats[(op, "raw")]["rps"]
                     ratio = f"{value:.2f}"
                     verdicts.append((kind, op, value, GOALS[op]))
+                elif impl == "ver":
+                    ratio = f"[{s['s'] / stats[('read', 'ours')]['s']:.2f}]"
                 elif impl == "ours" and op == "iter" and ("read", "raw") in stats:
                     ratio = f"({s['rps'] / stats[('read', 'raw')]['rps']:.2f})"
                 print(f"{kind:7} {op:5} {impl:4} {s['mb']:6.1f} {s['s']:9.3f} "
@@ -279,6 +291,7 @@ def main(argv=None) -> int:
         print(f"{kind:7} iter_batches(batch_size=64): peak RSS growth {rss_growth:.1f} MB, peak Arrow-pool growth "
               f"{pool_growth:.1f} MB (table {table.nbytes / 1e6:.1f} MB; RSS via {'psutil' if psutil else '/proc'})")
     print("\n(iter ratio in parentheses: against raw read_table, informational)")
+    print("[ver]: read_arrow(ref, verify=True), sha256 of every part first; in brackets its time / plain read_arrow")
     print("goals:")
     ok = True
     for kind, op, value, goal in verdicts:

@@ -253,6 +253,7 @@ class StageJob:
         if self.cached_ref:
             log.info("%s: cache hit, %s has fingerprint %s", stage.name, self.cached_ref, self.fingerprint[:12])
             return
+        store.check_conditional_writes()  # before any shard is computed, not at the publish after them all
         if force:
             self.scratch.clear()
         self.shards = stage.plan(store, self.inputs, self.section)

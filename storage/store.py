@@ -5,6 +5,7 @@ Layout under the store root:
     <name>/_manifests/v=000N.json        commit record (see storage.manifest), created only if absent
     <name>/_latest                       hint of the newest version, advanced by compare-and-swap
     <name>/_tags/<tag>                   named versions ("vN")
+    <name>/_txns/<txn>                   marker of a publish in progress (gc spares its parts)
 
 Commit protocol: write the parts, then create the manifest with create-if-absent. A lost
 race retries at the next version number; readers only ever open files a manifest lists,
@@ -21,12 +22,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from storage import retry
+from storage import latest, retry
 from storage.backends import Backend, open_backend
 from storage.errors import (
-    ConditionalWriteUnsupportedError, DatasetNotFoundError, InvalidNameError, StoreNotFoundError, TagExistsError,
+    DatasetNotFoundError, InvalidNameError, StoreNotFoundError, TagExistsError,
     TagNotFoundError, VersionNotFoundError,
 )
+from storage.gc import TXN_TIMEOUT, collect_garbage
+from storage.integrity import checked_dataset, verify_checksums
+from storage.probe import require_conditional_writes
 from storage.images import image_columns, image_features
 from storage.manifest import (
     build_manifest, decode_manifest, decode_schema, encode_manifest, manifest_key, parse_manifest_key,
@@ -34,7 +38,7 @@ from storage.manifest import (
 from storage.redact import redact, redact_url
 from storage.scratch import Scratch
 from storage.refs import LATEST, DatasetRef, format_ref, validate_name, validate_tag
-from storage.writer import PartWriter, as_batches
+from storage.writer import TXN_FOLDER, PartWriter, as_batches
 
 log = logging.getLogger("storage")
 
@@ -65,6 +69,7 @@ class DatasetStore:
         self.max_part_bytes = max_part_bytes
         self._manifests: dict[tuple[str, int], dict] = {}
         self._conditional_writes_checked = False
+        self._verified: set[tuple[str, int]] = set()
 
     def __repr__(self) -> str:
         return f"DatasetStore({self.uri!r})"
@@ -86,8 +91,25 @@ class DatasetStore:
         pinned_inputs = [self.resolve(ref) for ref in inputs]
         self.check_conditional_writes()
         txn = uuid.uuid4().hex
+        # Registered before the first part and removed after the commit: gc spares a live txn's parts.
+        marker = f"{name}/{TXN_FOLDER}/{txn}"
+        self.backend.create(marker, b"")
+        try:
+            version, manifest, files = self._write_and_commit(name, data, txn, pinned_inputs, fingerprint,
+                                                              metadata, run_id, schema, row_group_rows)
+        finally:
+            self.backend.delete(marker)
+        self._manifests[(name, version)] = manifest
+        ref = format_ref(name, version)
+        log.info("published %s: %d rows in %d files (%d bytes)", ref, manifest["rows"], len(files), manifest["bytes"])
+        return ref
+
+    def _write_and_commit(self, name, data, txn, pinned_inputs, fingerprint, metadata, run_id, schema,
+                          row_group_rows) -> tuple[int, dict, list[dict]]:
+        """Write the parts of txn `txn`, create its manifest at the first free version and move
+        `_latest`; returns (version, manifest, file entries)."""
         # The hint may lag; a taken slot just moves the commit loop on, so no look-ahead here.
-        hint, hint_token = self._latest_hint(name)
+        hint, hint_token = latest.checked_hint(self, name)
         guess = hint + 1
         writer = PartWriter(self.backend, f"{name}/v={guess:04d}", txn, name,
                             row_group_rows=row_group_rows, max_part_bytes=self.max_part_bytes)
@@ -105,49 +127,14 @@ class DatasetStore:
             if self._load_manifest(name, version)["txn"] == txn:
                 break
             version += 1
-        self._manifests[(name, version)] = manifest
-        self._advance_latest(name, version, (hint, hint_token))
-        ref = format_ref(name, version)
-        log.info("published %s: %d rows in %d files (%d bytes)", ref, manifest["rows"], len(files), manifest["bytes"])
-        return ref
+        latest.advance(self, name, version, (hint, hint_token))
+        return version, manifest, files
 
     def check_conditional_writes(self) -> None:
         """Refuse a store whose service ignores create-if-absent or compare-and-swap (probed once)."""
-        if self._conditional_writes_checked:
-            return
-        key = f"_probe/{uuid.uuid4().hex}"
-        try:
-            created = self.backend.create(key, b"first")
-            overwritten = self.backend.create(key, b"second")
-            swapped_with_stale_token = self.backend.swap(key, b"third", "stale-token")
-        finally:
-            self.backend.delete(key)
-        if not created or overwritten or swapped_with_stale_token:
-            raise ConditionalWriteUnsupportedError(
-                f"{self.uri} ignores conditional writes (If-None-Match / If-Match): publishing there could "
-                "silently lose versions. Use a service that honours them (AWS S3, MinIO, Ceph RGW, R2, ...)."
-            )
-        self._conditional_writes_checked = True
-
-    def _latest_hint(self, name: str) -> tuple[int, str | None]:
-        """(version in `_latest`, its token); (0, None) if there is none yet."""
-        found = self.backend.get(f"{name}/_latest")
-        if found is None:
-            return 0, None
-        try:
-            return int(found[0]), found[1]
-        except ValueError:
-            # Only a hint: readers look past it, and the next publish rewrites it.
-            log.warning("%s/_latest in %s is unreadable; ignoring the hint", name, self.uri)
-            return 0, found[1]
-
-    def _advance_latest(self, name: str, version: int, seen: tuple[int, str | None]) -> None:
-        """Move `_latest` up to `version` by compare-and-swap, starting from the state `seen`."""
-        current, token = seen
-        while current < version:
-            if self.backend.swap(f"{name}/_latest", str(version).encode(), token):
-                return
-            current, token = self._latest_hint(name)
+        if not self._conditional_writes_checked:
+            require_conditional_writes(self.backend, self.uri)
+            self._conditional_writes_checked = True
 
     def tag(self, ref: str, tag: str, *, force: bool = False) -> str:
         """Name a version: `tag("preferences@v3", "paper-repro")`; returns the pinned ref.
@@ -156,6 +143,7 @@ class DatasetStore:
         """
         pinned = DatasetRef.parse(self.resolve(ref))
         validate_tag(tag)
+        self.check_conditional_writes()  # without create-if-absent a tag would silently move
         key = f"{pinned.name}/_tags/{tag}"
         value = f"v{pinned.version}".encode()
         while not self.backend.create(key, value):
@@ -212,11 +200,9 @@ class DatasetStore:
         return sorted(version for version in found if version is not None)
 
     def latest_version(self, name: str) -> int:
-        """Newest version number of `name`, 0 if none. Follows the `_latest` hint, then checks past it."""
-        version = self._latest_hint(name)[0]
-        while self.backend.get(manifest_key(name, version + 1)) is not None:
-            version += 1
-        return version
+        """Newest version number of `name`, 0 if none. Follows the `_latest` hint, checks past
+        it, and falls back to the manifests when the hint names a version that has none."""
+        return latest.checked_hint(self, name)[0]
 
     def tags(self, name: str) -> dict[str, str]:
         """{tag: pinned ref} for `name`."""
@@ -288,9 +274,12 @@ class DatasetStore:
         """fsspec storage_options matching `data_files` (a fresh copy: `datasets` mutates it)."""
         return dict(self.backend.fsspec_options())
 
-    def _dataset(self, manifest: dict) -> pads.Dataset:
-        paths = [self.backend.data_path(f"{manifest['name']}/{item['path']}") for item in manifest["files"]]
-        return pads.dataset(paths, schema=decode_schema(manifest), format="parquet", filesystem=self.backend.arrow_fs)
+    def _dataset(self, manifest: dict, verify: bool) -> pads.Dataset:
+        """The version's parts, checked for size and rows (always) and sha256 (`verify`, once per store object)."""
+        if verify and (manifest["name"], manifest["version"]) not in self._verified:
+            verify_checksums(self.backend, manifest)
+            self._verified.add((manifest["name"], manifest["version"]))
+        return checked_dataset(self.backend, manifest)
 
     @staticmethod
     def _expression(filter):
@@ -298,19 +287,21 @@ class DatasetStore:
             return filter
         return pq.filters_to_expression(filter)
 
-    def read_arrow(self, ref: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    def read_arrow(self, ref: str, columns: list[str] | None = None, filter=None, *, verify: bool = False) -> pa.Table:
         """Read a version as a pyarrow Table. `filter`: a pyarrow Expression or DNF tuples
-        like [("split", "==", "train")]."""
+        like [("split", "==", "train")]. Every read checks each part's size and row count;
+        `verify` also checks their sha256 (see storage.integrity)."""
         manifest = self.manifest(ref)
         table = retry.call(
-            lambda: self._dataset(manifest).to_table(columns=columns, filter=self._expression(filter)),
+            lambda: self._dataset(manifest, verify).to_table(columns=columns, filter=self._expression(filter)),
             what=f"read {format_ref(manifest['name'], manifest['version'])}",
         )
         if columns is not None and image_columns(table.schema):
             table = table.replace_schema_metadata(image_features(table.schema, image_columns(table.schema)).metadata)
         return table
 
-    def read_where_in(self, ref: str, column: str, values: Iterable, columns: list[str] | None = None) -> pa.Table:
+    def read_where_in(self, ref: str, column: str, values: Iterable, columns: list[str] | None = None, *,
+                      verify: bool = False) -> pa.Table:
         """Rows whose `column` is one of `values`, with `columns` (default all).
 
         Reads `column` first and then the other columns of only the row groups holding a
@@ -324,7 +315,7 @@ class DatasetStore:
         wanted = pa.array(list(values), type=schema.field(column).type)
         selected = columns if columns is None or column in columns else [*columns, column]
         pieces = []
-        for fragment in self._dataset(manifest).get_fragments():
+        for fragment in self._dataset(manifest, verify).get_fragments():
             for row_group in fragment.split_by_row_group():
                 keys = row_group.to_table(columns=[column], use_threads=False).column(0)
                 if not pc.any(pc.is_in(keys, value_set=wanted)).as_py():
@@ -342,12 +333,12 @@ class DatasetStore:
         return self.read_arrow(ref, columns=columns, filter=filter).to_pandas()
 
     def iter_batches(self, ref: str, batch_size: int = 1024, columns: list[str] | None = None,
-                     filter=None) -> Iterator[pa.RecordBatch]:
+                     filter=None, *, verify: bool = False) -> Iterator[pa.RecordBatch]:
         """Stream a version batch by batch. One row group is read at a time (the dataset
         scanner would pre-buffer whole files), so memory stays bounded by a row group."""
         manifest = self.manifest(ref)
         expression = self._expression(filter)
-        for fragment in self._dataset(manifest).get_fragments():
+        for fragment in self._dataset(manifest, verify).get_fragments():
             for row_group in fragment.split_by_row_group():
                 yield from row_group.to_batches(columns=columns, filter=expression, batch_size=batch_size,
                                                 use_threads=False)
@@ -370,17 +361,16 @@ class DatasetStore:
 
     def verify(self, ref: str) -> None:
         """Re-read every data file of a version and check its recorded size and sha256."""
-        from storage.transfer import verify
-
-        verify(self, ref)
+        verify_checksums(self.backend, self.manifest(ref))
 
     def gc(self, older_than: float = 3600.0, dry_run: bool = False,
-           scratch_older_than: float = 7 * 86400.0) -> list[str]:
-        """Delete data files no manifest lists, older than `older_than` seconds, and scratch
-        tables older than `scratch_older_than`; returns their keys."""
-        from storage.transfer import collect_garbage
-
-        return collect_garbage(self, older_than=older_than, dry_run=dry_run, scratch_older_than=scratch_older_than)
+           scratch_older_than: float = 7 * 86400.0, txn_timeout: float = TXN_TIMEOUT) -> list[str]:
+        """Delete data files no manifest lists and no live publish wrote, older than `older_than`
+        seconds (safe beside running publishes even at 0), publishes' leftovers once their txn
+        is older than `txn_timeout`, and scratch tables older than `scratch_older_than`;
+        returns their keys (see storage.gc)."""
+        return collect_garbage(self, older_than=older_than, dry_run=dry_run,
+                               scratch_older_than=scratch_older_than, txn_timeout=txn_timeout)
 
     def scratch(self, namespace: str) -> "Scratch":
         """Unversioned staging tables for resumable jobs (see storage.scratch)."""

@@ -24,6 +24,21 @@ IMAGE_ROW_GROUP_ROWS = 64
 #: this bounds a stage's memory whatever the image size (64 full-size photos are ~30 MB+).
 IMAGE_ROW_GROUP_BYTES = 8 * 1024 * 1024
 PLAIN_ROW_GROUP_ROWS = 64 * 1024
+#: Folder of a dataset holding one marker per publish in progress (`<name>/_txns/<txn>`): gc spares its parts.
+TXN_FOLDER = "_txns"
+
+
+def part_key(folder: str, index: int, txn: str) -> str:
+    return f"{folder}/part-{index:05d}-{txn}.parquet"
+
+
+def txn_of_part(key: str) -> str | None:
+    """The txn id in a part's key (`.../part-00003-<txn>.parquet`, or a temp file of it), else None."""
+    filename = key.rsplit("/", 1)[-1]
+    if not filename.startswith("part-"):
+        return None
+    pieces = filename.split(".", 1)[0].split("-")
+    return pieces[2] if len(pieces) == 3 else None
 
 
 def as_batches(data: "pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch | pa.Table]") -> Iterator[pa.RecordBatch]:
@@ -135,7 +150,7 @@ class PartWriter:
         self._dictionary = [path for path in leaves if path not in raw_paths]
 
     def _open_part(self) -> "_Part":
-        key = f"{self.folder}/part-{len(self.files):05d}-{self.txn}.parquet"
+        key = part_key(self.folder, len(self.files), self.txn)
         target = (pa.BufferOutputStream() if self.backend.buffers_parts
                   else self.backend.arrow_fs.open_output_stream(self.backend.data_path(key)))
         sink = _HashingSink(target)

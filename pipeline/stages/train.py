@@ -80,21 +80,22 @@ def load_pairs(store: DatasetStore, inputs: dict[str, str], section: TrainStageC
                ) -> tuple[list[PairExample], list[PairExample]]:
     """(train, held-out) PairExamples of the preferences whose sample is in `section.splits`,
     streamed batch by batch; images are decoded once per id and shared between pairs."""
-    samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id"], filter=pc.field("split").isin(section.splits))
+    samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id"], filter=pc.field("split").isin(section.splits),
+                               verify=True)
     wanted = samples.column("sample_id").combine_chunks()
     lq: dict[str, np.ndarray] = {}
     images: dict[str, np.ndarray] = {}
     train, held = [], []
     for batch in store.iter_batches(inputs["preferences"], batch_size=64, columns=PREFERENCE_COLUMNS,
-                                    filter=pc.field("sample_id").isin(wanted)):
+                                    filter=pc.field("sample_id").isin(wanted), verify=True):
         rows = batch.to_pylist()
         new_samples = sorted({row["sample_id"] for row in rows} - set(lq))
         for row in store.read_where_in(inputs["lq_pairs"], "sample_id", new_samples,
-                                       columns=["sample_id", "lq"]).to_pylist():
+                                       columns=["sample_id", "lq"], verify=True).to_pylist():
             lq[row["sample_id"]] = rgb_array(row["lq"])
         new_images = sorted({row[key] for row in rows for key in ("winner_id", "loser_id")} - set(images))
         for row in store.read_where_in(inputs["sr_candidates"], "candidate_id", new_images,
-                                       columns=["candidate_id", "image"]).to_pylist():
+                                       columns=["candidate_id", "image"], verify=True).to_pylist():
             images[row["candidate_id"]] = rgb_array(row["image"])
         for row in rows:
             pair = PairExample(lq=lq[row["sample_id"]], winner=images[row["winner_id"]], loser=images[row["loser_id"]],
