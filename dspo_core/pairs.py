@@ -31,6 +31,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -121,6 +122,7 @@ class HumanLabel(BaseModel):
     description: str | None = None
     annotator: str
     source: str = "human"
+    labelled_at: datetime | None = None   # when the label was made or last edited: a later one revises
 
 
 class PairConfig(BaseModel):
@@ -254,6 +256,7 @@ class PairReport(BaseModel):
     dropped: list[DroppedPair] = Field(default_factory=list)
     label_errors: list[LabelError] = Field(default_factory=list)
     duplicate_labels: list[DuplicateLabel] = Field(default_factory=list)
+    revised_labels: list[DuplicateLabel] = Field(default_factory=list)   # superseded by a later-dated edit
     agreement: dict[str, Agreement] = Field(default_factory=dict)
     config: dict = Field(default_factory=dict)
 
@@ -268,6 +271,7 @@ def _validate_labels(labels: Iterable[HumanLabel], index: dict[Key, InstanceRewa
     exact repeats), by dspo_core.label_rules; labels[i] names the label at index i of `labels`."""
     errors: list[LabelError] = []
     duplicates: list[DuplicateLabel] = []
+    revisions: list[DuplicateLabel] = []
     standing = StandingJudgements()
     grouped: dict[Key, dict[str, HumanLabel]] = defaultdict(dict)
     for position, lab in enumerate(labels):
@@ -289,15 +293,17 @@ def _validate_labels(labels: Iterable[HumanLabel], index: dict[Key, InstanceRewa
             errors.append(LabelError(**about, code="best_equals_worst", offending_id=lab.best, reason=problem))
             continue
         judgement = Judgement.of(lab.best, lab.worst, lab.hallucination, lab.description)
-        repeat = standing.add((lab.annotator, *inst.key), judgement, f"labels[{position}]")
-        if repeat is None:
+        repeat = standing.add((lab.annotator, *inst.key), judgement, f"labels[{position}]", lab.labelled_at)
+        if repeat is None or repeat.revision:
             grouped[inst.key][lab.annotator] = lab
+            if repeat is not None:
+                revisions.append(DuplicateLabel(**about, reason=repeat.reason))
         elif repeat.duplicate:
             duplicates.append(DuplicateLabel(**about, reason=repeat.reason))
         else:
             errors.append(LabelError(**about, code="conflicting", offending_id=lab.annotator, reason=repeat.reason))
     votes = {key: [by_annotator[name] for name in sorted(by_annotator)] for key, by_annotator in grouped.items()}
-    return votes, errors, duplicates
+    return votes, errors, duplicates, revisions
 
 
 def _resolve(votes: Sequence[HumanLabel], rule: str) -> tuple[CandidateId, CandidateId] | str:
@@ -334,9 +340,9 @@ def make_pairs(instances: Sequence[InstanceRewards], labels: Iterable[HumanLabel
     index: dict[Key, InstanceRewards] = {inst.key: inst for inst in instances}
     if len(index) != len(instances):
         raise ValueError(f"duplicate instances {[k for k, n in Counter(i.key for i in instances).items() if n > 1]}")
-    votes, errors, duplicates = _validate_labels(labels, index)
+    votes, errors, duplicates, revisions = _validate_labels(labels, index)
     report = PairReport(instances=len(index), labelled_instances=len(votes), label_errors=errors,
-                        duplicate_labels=duplicates, config=config.model_dump())
+                        duplicate_labels=duplicates, revised_labels=revisions, config=config.model_dump())
     hits: dict[str, list[float]] = defaultdict(list)  # score name -> per-instance agreement (1, 0.5, 0)
     pairs: list[InstancePair] = []
 

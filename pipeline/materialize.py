@@ -36,11 +36,12 @@ def _sources(store: DatasetStore, ref: str) -> dict[str, str]:
     missing = [name for name, source in found.items() if source is None]
     if missing:
         raise StoreError(f"{pinned} has no {' / '.join(missing)} in its lineage; "
-                         "--with-images needs a preferences dataset")
+                         "--with-images (or --format pickapic) needs a preferences dataset")
     present = {column["name"] for column in store.manifest(pinned)["schema"]}
     columns = [column for column in PAIR_COLUMNS if column not in present]
     if columns:
-        raise StoreError(f"{pinned} has no column {', '.join(columns)}; --with-images needs a preferences dataset")
+        raise StoreError(f"{pinned} has no column {', '.join(columns)}; "
+                         "--with-images (or --format pickapic) needs a preferences dataset")
     return found
 
 

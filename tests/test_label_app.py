@@ -58,7 +58,8 @@ def expected_order(store: DatasetStore) -> list[str]:
             rewards.setdefault(row["instance_id"], []).append(row["value"])
     rows = store.read_arrow("instances@latest", columns=["instance_id", "sample_id", "index", "bbox",
                                                          "weight"]).to_pylist()
-    rows = [row for row in rows if min(row["bbox"][2:]) > 0]
+    thinnest = LabelAppConfig.model_fields["min_instance_pixels"].default
+    rows = [row for row in rows if min(row["bbox"][2:]) > 0 and min(row["bbox"][2:]) >= thinnest]
     gap = {instance: max(values) - min(values) for instance, values in rewards.items()}
     rows.sort(key=lambda row: (row["instance_id"] not in gap, gap.get(row["instance_id"], 0.0), -row["weight"],
                                row["sample_id"], row["index"]))
@@ -400,7 +401,33 @@ def test_lq_pairs_come_from_the_candidates_lineage(store, tmp_path):
     bare = store.publish("sr_candidates", store.read_arrow("sr_candidates@v1"))  # no inputs: no lineage
     with pytest.raises(StoreError, match=f"{bare} has no lq_pairs in its lineage: .* \\(--lq-pairs REF\\)"):
         TaskList(store, make_config(tmp_path, candidates=bare))
-    assert TaskList(store, make_config(tmp_path, candidates=bare, lq_pairs="lq_pairs@v1")).lq_ref == "lq_pairs@v1"
+    with pytest.raises(StoreError, match=f"instance_scores@v1 was made from sr_candidates@v1, not {bare}"):
+        TaskList(store, make_config(tmp_path, candidates=bare, lq_pairs="lq_pairs@v1"))
+    assert TaskList(store, make_config(tmp_path, candidates=bare, lq_pairs="lq_pairs@v1",
+                                       scores=None)).lq_ref == "lq_pairs@v1"
+
+
+def test_instances_and_scores_are_pinned_through_the_candidates_lineage(store, tmp_path):
+    other_lq = store.publish("lq_pairs", store.read_arrow("lq_pairs@v1"))
+    other = store.publish("instances", store.read_arrow("instances@v1"), inputs=[other_lq])
+    tasks = TaskList(store, make_config(tmp_path))
+    assert (tasks.instances_ref, tasks.scores_ref) == ("instances@v1", "instance_scores@v1")
+    with pytest.raises(StoreError, match=f"{other} was made from {other_lq}, not lq_pairs@v1: .*--instances REF"):
+        TaskList(store, make_config(tmp_path, instances=other))
+    with pytest.raises(StoreError, match=f"sr_candidates@v1 was made from lq_pairs@v1, not {other_lq}"):
+        TaskList(store, make_config(tmp_path, lq_pairs=other_lq))
+
+
+def test_thin_instances_are_left_out_of_the_queue(store, tmp_path):
+    boxes = {row["instance_id"]: row["bbox"] for row in
+             store.read_arrow("instances@v1", columns=["instance_id", "bbox"]).to_pylist() if min(row["bbox"][2:]) > 0}
+    everything = TaskList(store, make_config(tmp_path, min_instance_pixels=0))
+    sides = sorted({min(box[2:]) for box in boxes.values()})
+    threshold = sides[len(sides) // 2]
+    kept = TaskList(store, make_config(tmp_path, min_instance_pixels=threshold))
+    thin = {instance for instance, box in boxes.items() if min(box[2:]) < threshold}
+    assert thin and kept.left_out == len(thin) and {task.instance_id for task in kept.tasks} == (
+        {task.instance_id for task in everything.tasks} - thin)
 
 
 def test_hidden_hr_is_not_served(store, tokens, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
@@ -45,6 +46,36 @@ def submit_with_enter(page: Page) -> None:
     wait_for_task(page)
 
 
+MIN_CANDIDATE_WIDTH = 180   # px at 1440 x 900: 2 references + 4 candidates share the row
+
+
+def check_one_screen_layout(page: Page, screenshot: Path) -> None:
+    """At 1440 x 900 every reference and candidate image lies inside the first screen, in one
+    row, each at least MIN_CANDIDATE_WIDTH wide; `z` opens the cursor's candidate in an overlay
+    larger than the row's images, and `z` again closes it."""
+    page.set_viewport_size({"width": 1440, "height": 900})
+    # Polled from here: the page's CSP forbids the string evaluation wait_for_function needs.
+    for _ in range(100):
+        if page.evaluate("Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"):
+            break
+        page.wait_for_timeout(100)
+    boxes = [page.locator(selector).nth(index).bounding_box()
+             for selector in (".reference img", ".candidate img")
+             for index in range(page.locator(selector).count())]
+    page.screenshot(path=str(screenshot))
+    assert len(boxes) >= 3 and all(box is not None for box in boxes)
+    for box in boxes:
+        assert box["x"] >= 0 and box["y"] >= 0, box
+        assert box["x"] + box["width"] <= 1440 and box["y"] + box["height"] <= 900, box
+        assert box["width"] >= MIN_CANDIDATE_WIDTH, box
+    # One row: every image starts above the bottom of every other one (borders shift tops a little).
+    assert max(box["y"] for box in boxes) < min(box["y"] + box["height"] for box in boxes), boxes
+    page.keyboard.press("z")
+    zoomed = page.locator(".candidate.cursor img").bounding_box()
+    assert zoomed["width"] > 2 * boxes[-1]["width"] and zoomed["height"] <= 900, zoomed
+    page.keyboard.press("z")
+
+
 def test_keyboard_labelling_kill_and_resume(tmp_path_factory, tmp_path, servers, record_property):
     store_path = tmp_path / "store"
     shutil.copytree(built_store(tmp_path_factory), store_path)
@@ -69,6 +100,8 @@ def test_keyboard_labelling_kill_and_resume(tmp_path_factory, tmp_path, servers,
         page.click("#login")
         wait_for_task(page)
         assert shown_instance(page) == order[0]
+        check_one_screen_layout(page, tmp_path / "layout-1440x900.png")
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         # 1: best A with "1", worst D with Shift+4; a bare Enter first is stopped in the page.
         page.keyboard.press("Enter")

@@ -159,7 +159,7 @@ def test_bad_rows_are_reported_and_good_rows_kept(world, store, tmp_path):
     assert {(r["annotator"], r["instance_id"]) for r in table} == {(r["annotator"], r["instance_id"]) for r in good}
     metadata = store.manifest("human_labels@v1")["metadata"]
     assert metadata["counts"] == {"read": len(rows), "accepted": len(good), "rejected": len(bad), "duplicates": 1,
-                                  "skipped": 0, "hallucination_without_description": 0, "total": len(good)}
+                                  "revisions": 0, "skipped": 0, "hallucination_without_description": 0, "total": len(good)}
     assert [item["id"] for item in metadata["rejected"]] == [item for _, item, _ in bad]
     assert metadata["duplicates"] == [{"where": "line 3", "id": i0,
                                        "reason": "duplicate of the label by alice in line 2"}]
@@ -654,3 +654,56 @@ def test_long_description_rejects_its_row_only(world, store, tmp_path):
                                        "characters long; the limit is 2000")]
     stored = store.read_arrow("human_labels@v1").column("description").to_pylist()
     assert sorted(stored, key=len) == ["", "w" * 2000]
+
+
+def test_a_later_dated_edit_is_a_revision_on_both_paths(world, store):
+    """Latest stated time wins on the importer and make_pairs alike; an edit that is not later
+    (or has no time) is still a conflict."""
+    sample = world.samples[0]
+    instance = world.instances[sample][0]["instance_id"]
+    ids = world.candidates[sample]
+
+    def row(annotator: str, best: int, worst: int, at: str | None) -> dict:
+        stamp = {"labelled_at": at} if at else {}
+        return {"sample_id": sample, "instance_id": instance, "best": ids[best], "worst": ids[worst],
+                "hallucination": False, "description": "", "annotator": annotator, **stamp}
+
+    rows = [row("alice", 0, 3, "2025-03-01T10:00:00Z"), row("alice", 1, 3, "2025-03-02T10:00:00Z"),
+            row("alice", 2, 3, "2025-03-01T12:00:00Z"), row("bob", 0, 3, None), row("bob", 1, 3, None)]
+    imported = import_rows(store, rows)
+    labels = [HumanLabel(**item) for item in rows]
+    rewards = InstanceRewards(sample_id=sample, instance_id=instance, weight=1.0,
+                              rewards={candidate: float(rank) for rank, candidate in enumerate(ids)})
+    (pair,), paired = make_pairs([rewards], labels)
+
+    def position(where: str) -> str:
+        return re.sub(r"\brow (\d+)", lambda match: f"labels[{int(match[1]) - 1}]", where)
+
+    assert ([position(f"{item.where}: {item.reason}") for item in imported.revisions]
+            == [f"labels[{item.position}]: {item.reason}" for item in paired.revised_labels]
+            == [("labels[1]: revises the label by alice in labels[0] (2025-03-01T10:00:00+00:00 -> "
+                 f"2025-03-02T10:00:00+00:00): best {ids[0]!r} there, {ids[1]!r} here")])
+    assert ([position(f"{item.where}: {item.reason}") for item in imported.rejected]
+            == [f"labels[{item.position}]: {item.reason}" for item in paired.label_errors])
+    assert [item.where for item in imported.rejected] == ["row 3", "row 5"]
+    standing = {r["annotator"]: r["best"] for r in imported.labels.to_pylist()}
+    assert standing == {"alice": ids[1], "bob": ids[0]}
+    assert sorted(pair.annotators) == ["alice", "bob"]
+
+
+def test_reimported_label_studio_edit_becomes_a_new_revision(world, store, tmp_path):
+    task = ls_task(world, 0, updated_at="2025-04-01T09:00:00Z")
+    ids = task["annotations"][0]["result"][0]["value"]["ranker"]
+    (tmp_path / "v1.json").write_text(json.dumps([task]))
+    assert invoke(store, "import", str(tmp_path / "v1.json")).exit_code == 0
+    edited = ls_task(world, 0, ranker([ids[-1], *ids[1:-1], ids[0]]), updated_at="2025-04-02T09:00:00Z")
+    (tmp_path / "v2.json").write_text(json.dumps([edited]))
+    result = invoke(store, "import", str(tmp_path / "v2.json"))
+    assert result.exit_code == 0, result.output
+    assert "1 revision(s)" in result.stdout and "revised task 1" in result.stderr
+    before, after = (store.read_arrow(f"human_labels@v{n}").to_pylist() for n in (1, 2))
+    assert [(r["best"], r["worst"]) for r in before] == [(ids[0], ids[-1])]
+    assert [(r["best"], r["worst"]) for r in after] == [(ids[-1], ids[0])]
+    revisions = store.manifest("human_labels@v2")["metadata"]["revisions"]
+    assert len(revisions) == 1 and "revises the label by ann@example.org in human_labels@v1" in revisions[0]["reason"]
+    assert store.manifest("human_labels@v2")["metadata"]["counts"]["revisions"] == 1

@@ -13,6 +13,7 @@ from rich.tree import Tree
 
 from pipeline.cli.common import ReportingGroup, StoreOption, console, format_bytes, opened_store
 from pipeline.materialize import pull_with_images
+from pipeline.pickapic import to_pickapic
 from storage import DatasetNotFoundError, DatasetStore, StoreError, image_columns
 
 app = typer.Typer(cls=ReportingGroup, no_args_is_help=True,
@@ -223,7 +224,8 @@ def pull(
     ref: Annotated[str, typer.Argument(help="Version to copy.")],
     to: Annotated[str, typer.Option("--to", metavar="DIR", help="Destination folder (absent or empty).")],
     fmt: Annotated[str, typer.Option(
-        "--format", help="parquet: data files + manifest.json; hf: a saved Hugging Face dataset + manifest.json.",
+        "--format", help="parquet: data files + manifest.json; hf: a saved Hugging Face dataset + manifest.json; "
+        "pickapic (preferences only): diffusers Diffusion-DPO / Pick-a-Pic columns jpg_0, jpg_1, label_0, caption.",
     )] = "parquet",
     with_images: Annotated[bool, typer.Option(
         "--with-images", help="preferences only: add the LQ, HR, winner, loser and mask images as Image columns.",
@@ -234,6 +236,11 @@ def pull(
     with opened_store(store) as opened:
         # The store validates the format, so an unknown one is reported like any store error.
         pinned = opened.resolve(ref)
+        if fmt == "pickapic":
+            report = to_pickapic(opened, pinned, to)
+            console().print(Text(f"pulled {pinned} to {to} (pickapic: {report['rows']} pairs, "
+                                 f"{report['dropped_ties']} ties dropped)"))
+            return
         if with_images:
             folder = pull_with_images(opened, pinned, to, format=fmt)
         else:

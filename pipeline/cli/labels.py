@@ -87,8 +87,11 @@ def import_command(
         errors.print(Text(f"rejected {rejection}"), soft_wrap=True, highlight=False)
     for duplicate in report.duplicates:
         errors.print(Text(f"duplicate {duplicate}"), soft_wrap=True, highlight=False)
+    for revision in report.revisions:
+        errors.print(Text(f"revised {revision}"), soft_wrap=True, highlight=False)
     counts = (f"{report.read} read, {report.accepted} accepted, {len(report.rejected)} rejected"
               + (f", {len(report.duplicates)} duplicate(s)" if report.duplicates else "")
+              + (f", {len(report.revisions)} revision(s)" if report.revisions else "")
               + (f", {report.skipped} skipped" if report.skipped else "")
               + (f"; {report.hallucination_without_description} hallucination flag(s) without a description"
                  if report.hallucination_without_description else ""))

@@ -76,6 +76,11 @@ class Duplicate(LabelNote):
     """The label repeats a standing one exactly: accepted once, so it adds nothing; not an error."""
 
 
+class Revision(LabelNote):
+    """The label edits a standing one (another judgement, a later stated time): it replaces it;
+    the earlier one stays in the version it was published in, and `reason` says what changed."""
+
+
 @dataclass
 class ImportReport:
     """What an import read, kept, rejected, found already there (duplicates) and published."""
@@ -89,6 +94,7 @@ class ImportReport:
     accepted: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
+    revisions: list[Revision] = field(default_factory=list)
     skipped: int = 0                        # Label Studio: cancelled annotations, tasks without any
     hallucination_without_description: int = 0
     total: int = 0                          # rows of the new version
@@ -97,7 +103,7 @@ class ImportReport:
 
     def counts(self) -> dict:
         return {"read": self.read, "accepted": self.accepted, "rejected": len(self.rejected),
-                "duplicates": len(self.duplicates), "skipped": self.skipped,
+                "duplicates": len(self.duplicates), "revisions": len(self.revisions), "skipped": self.skipped,
                 "hallucination_without_description": self.hallucination_without_description, "total": self.total}
 
 
@@ -193,13 +199,16 @@ def _key(row: dict) -> tuple:
 
 
 def validate(labels: list[RawLabel], known: KnownIds, existing: pa.Table | None, existing_ref: str | None,
-             source: str, now: datetime) -> tuple[list[dict], list[Duplicate], list[Rejection]]:
-    """(accepted rows in the HUMAN_LABELS layout, duplicates, rejections), each in file order."""
+             source: str, now: datetime) -> tuple[list[dict], list[Duplicate], list[Rejection], list[Revision]]:
+    """(accepted rows in the HUMAN_LABELS layout, duplicates, rejections, revisions), each in file
+    order. A revision's row is among the accepted ones and replaces the row it revises (an earlier
+    accepted one, or one of `existing` with the same label_id)."""
     standing = StandingJudgements()
     if existing is not None:
-        for row in existing.select(["label_id", *JUDGED]).to_pylist():
-            standing.add(_key(row), _judgement(row), f"{existing_ref} (label {row['label_id']})")
-    accepted, duplicates, rejected = [], [], []
+        for row in existing.select(["label_id", "labelled_at", *JUDGED]).to_pylist():
+            standing.add(_key(row), _judgement(row), f"{existing_ref} (label {row['label_id']})", row["labelled_at"])
+    accepted: dict[str, dict] = {}
+    duplicates, rejected, revisions = [], [], []
     for label in labels:
         try:
             if label.problem is not None:
@@ -221,14 +230,19 @@ def validate(labels: list[RawLabel], known: KnownIds, existing: pa.Table | None,
                "worst": label.worst, "hallucination": label.hallucination, "description": label.description,
                "mask": label.mask, "annotator": label.annotator, "source": source,
                "labelled_at": label.labelled_at or now}
-        repeat = standing.add(_key(row), _judgement(row), label.where)
+        # Only a time the label states can make it a revision: the import time says nothing of when it was made.
+        repeat = standing.add(_key(row), _judgement(row), label.where, label.labelled_at)
         if repeat is None:
-            accepted.append(row)
+            accepted[row["label_id"]] = row
         elif repeat.duplicate:
             duplicates.append(Duplicate(label.where, label.item, repeat.reason))
+        elif repeat.revision:
+            revisions.append(Revision(label.where, label.item, repeat.reason))
+            accepted.pop(row["label_id"], None)
+            accepted[row["label_id"]] = row
         else:
             rejected.append(Rejection(label.where, label.item, repeat.reason))
-    return accepted, duplicates, rejected
+    return list(accepted.values()), duplicates, rejected, revisions
 
 
 def _version(ref: str) -> int:
@@ -254,11 +268,15 @@ def import_labels_checked(store: DatasetStore, labels: list[RawLabel], report: I
     previous, existing = _latest(store)
     report.previous = previous
     report.read = len(labels)
-    accepted, duplicates, rejected = validate(labels, known, existing, previous, source, datetime.now(timezone.utc))
+    accepted, duplicates, rejected, revisions = validate(labels, known, existing, previous, source,
+                                                         datetime.now(timezone.utc))
     report.rejected.extend(rejected)
     report.duplicates.extend(duplicates)
+    report.revisions.extend(revisions)
     new = pa.Table.from_pylist(accepted, schema=HUMAN_LABELS)
     base = existing if existing is not None else HUMAN_LABELS.empty_table()
+    # A revised label leaves the new version; the earlier version keeps it.
+    base = base.filter(pc.invert(pc.is_in(base.column("label_id"), new.column("label_id").combine_chunks())))
     report.inputs = [known.candidates_ref, known.instances_ref, *([previous] if previous else [])]
 
     def finish(table: pa.Table) -> None:
@@ -278,6 +296,7 @@ def import_labels_checked(store: DatasetStore, labels: list[RawLabel], report: I
         metadata = {"source_file": report.source_file, "format": report.format, "counts": report.counts(),
                     "rejected": [item.as_dict() for item in report.rejected[:MANIFEST_LISTED]],
                     "duplicates": [item.as_dict() for item in report.duplicates[:MANIFEST_LISTED]],
+                    "revisions": [item.as_dict() for item in report.revisions[:MANIFEST_LISTED]],
                     "merged": report.merged}
         return store.publish(DATASET, table, inputs=inputs, metadata=metadata, schema=HUMAN_LABELS)
 

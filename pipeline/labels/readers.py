@@ -11,7 +11,8 @@ CSV / Parquet columns (header names are matched case-insensitively; other column
     mask           optional COCO RLE as JSON text, in the sample's HR frame
     labelled_at    optional ISO 8601 time (default: the import time)
 
-Label Studio JSON: see pipeline.labels.label_studio.
+Label Studio JSON: see pipeline.labels.label_studio. Label Studio JSON_MIN, CSV and TSV exports
+(one flat row per annotation, told apart by the `rank` control column): pipeline.labels.ls_flat.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.labels.label_studio import read_tasks
+from pipeline.labels.ls_flat import is_flat_header, is_flat_row, json_cell, task_of
 from pipeline.labels.records import LabelFileError, Problem, RawLabel, from_mapping
 
 FORMATS = ("auto", "csv", "parquet", "label-studio")
@@ -83,6 +85,8 @@ def read_csv(path: Path, annotator: str | None = None) -> list[RawLabel]:
         raise LabelFileError(f"{path.name} is empty") from None
     except csv.Error as exc:
         raise LabelFileError(f"{path.name}: {exc}") from None
+    if is_flat_header(columns):
+        return _read_flat_csv(reader, columns, annotator, path.name)
     names = _check_columns(columns, path)
     position = {name: columns.index(original) for name, original in names.items()}
     labels = []
@@ -101,6 +105,21 @@ def read_csv(path: Path, annotator: str | None = None) -> list[RawLabel]:
         where = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
         row = {name: cells[index] if index < len(cells) else None for name, index in position.items()}
         labels.append(from_mapping(where, row, annotator))
+    return labels
+
+
+def _read_flat_csv(reader, columns: list[str], annotator: str | None, name: str) -> list[RawLabel]:
+    """Labels of a Label Studio CSV / TSV export; `where` names the file line."""
+    labels = []
+    for cells in reader:
+        if not any(cell.strip() for cell in cells):
+            continue
+        row = {column.strip(): json_cell(cells[index]) if index < len(cells) else None
+               for index, column in enumerate(columns)}
+        found, _ = read_tasks([task_of(row)], annotator, name=name)
+        for label in found:
+            label.where = f"line {reader.line_num}"
+        labels.extend(found)
     return labels
 
 
@@ -147,6 +166,13 @@ def read_label_studio(path: Path, annotator: str | None = None) -> tuple[list[Ra
         raise LabelFileError(f"{path.name} is not JSON: {exc}") from None
     except RecursionError:
         raise LabelFileError(f"{path.name} nests JSON too deeply to be a Label Studio export") from None
+    if (isinstance(tasks, list) and any(is_flat_row(row) for row in tasks)
+            and all(isinstance(row, dict) and "data" not in row for row in tasks)):
+        labels, skipped = read_tasks([task_of(row) for row in tasks], annotator, name=path.name)
+        for number, label in enumerate(labels, start=1):
+            label.where = f"row {number}" + (f" (id {str(tasks[number - 1].get('id'))[:40]})"
+                                             if tasks[number - 1].get("id") is not None else "")
+        return labels, skipped
     return read_tasks(tasks, annotator, name=path.name)
 
 

@@ -28,6 +28,9 @@ class LabelAppConfig(BaseModel):
     scores: str | None = Field("instance_scores@latest",
                                description="IQA rewards that order the queue (smallest best-worst reward gap "
                                            "first); None, or a store without them: sample order.")
+    min_instance_pixels: int = Field(16, ge=0, description="Instances whose bounding box is thinner than this "
+                                     "many HR pixels (either side) are left out of the queue: too small to judge; "
+                                     "0 keeps every instance.")
     show_hr: bool = Field(True, description="Show the HR crop for reference; False: annotators judge the "
                                              "candidates against the LQ input only.")
     batch_size: int = Field(20, ge=1, description="Publish a human_labels version once this many labels wait.")

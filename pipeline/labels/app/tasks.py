@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
-from pipeline.datasets import lineage_ref
 from pipeline.labels.app.config import LabelAppConfig
-from storage import DatasetNotFoundError, DatasetStore, StoreError
+from pipeline.labels.app.pinning import pin_inputs
+from storage import DatasetStore
 
 log = logging.getLogger("pipeline.labels.app")
 
@@ -41,18 +41,15 @@ class TaskList:
     Args:
         store: the dataset store.
         config: the app config; its candidates / instances / lq_pairs / scores refs are resolved
-            once here, so the whole session labels one fixed set of images. Without an lq_pairs
-            ref, the one in the candidates' lineage is used; StoreError when there is none.
+            once here, consistently through the candidates' lineage (pipeline.labels.app.pinning),
+            so the whole session labels one fixed, matching set of images; StoreError naming a
+            mismatch. Instances whose box is thinner than `config.min_instance_pixels` are left
+            out (counted in `left_out`).
     """
 
     def __init__(self, store: DatasetStore, config: LabelAppConfig):
-        self.candidates_ref = store.resolve(config.candidates)
-        self.instances_ref = store.resolve(config.instances)
-        self.lq_ref = store.resolve(config.lq_pairs) if config.lq_pairs else lineage_ref(
-            store, self.candidates_ref, "lq_pairs")
-        if self.lq_ref is None:
-            raise StoreError(f"{self.candidates_ref} has no lq_pairs in its lineage: name the LQ pairs its "
-                             "candidates were made from (--lq-pairs REF)")
+        pinned = pin_inputs(store, config.candidates, config.instances, config.lq_pairs, config.scores)
+        self.candidates_ref, self.instances_ref, self.lq_ref = pinned.candidates, pinned.instances, pinned.lq_pairs
         table = store.read_arrow(self.candidates_ref, columns=["candidate_id", "sample_id", "candidate_index"])
         by_sample: dict[str, list[tuple[int, str]]] = {}
         for row in table.to_pylist():
@@ -60,31 +57,33 @@ class TaskList:
         self.sample_candidates = {sample: tuple(cid for _, cid in sorted(items)) for sample, items in by_sample.items()}
         self.candidate_position = {cid: position for ids in self.sample_candidates.values()
                                    for position, cid in enumerate(ids)}
-        self.scores_ref, gaps = self._gaps(store, config.scores)
+        self.scores_ref, gaps = self._gaps(store, pinned.scores)
         table = store.read_arrow(self.instances_ref,
                                  columns=["instance_id", "sample_id", "index", "bbox", "mask", "weight"])
         tasks = []
+        self.left_out = 0
         for row in table.to_pylist():
             candidates = self.sample_candidates.get(row["sample_id"], ())
             bbox = row["bbox"] or [0, 0, 0, 0]
             # Nothing to compare with fewer than two candidates, nothing to see without pixels.
             if len(candidates) < 2 or min(bbox[2:]) <= 0:
                 continue
+            if min(bbox[2:]) < config.min_instance_pixels:
+                self.left_out += 1
+                continue
             tasks.append(Task(row["instance_id"], row["sample_id"], row["index"], candidates, tuple(bbox),
                               row["mask"], row["weight"] or 0.0, gaps.get(row["instance_id"])))
         tasks.sort(key=lambda task: (task.gap is None, task.gap if task.gap is not None else 0.0, -task.weight,
                                      task.sample_id, task.index))
+        if self.left_out:
+            log.info("%d instance(s) thinner than %d px left out of the queue (min_instance_pixels)",
+                     self.left_out, config.min_instance_pixels)
         self.tasks = tasks
         self.by_id = {task.instance_id: task for task in tasks}
 
-    def _gaps(self, store: DatasetStore, scores: str | None) -> tuple[str | None, dict[str, float]]:
+    def _gaps(self, store: DatasetStore, ref: str | None) -> tuple[str | None, dict[str, float]]:
         """(scores ref used, {instance_id: reward gap}) over this list's candidates."""
-        if not scores:
-            return None, {}
-        try:
-            ref = store.resolve(scores)
-        except DatasetNotFoundError:
-            log.warning("no %s in the store: tasks are served in sample order", scores)
+        if not ref:
             return None, {}
         table = store.read_arrow(ref, columns=["instance_id", "candidate_id", "value"],
                                  filter=pc.field("metric") == "reward")
