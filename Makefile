@@ -31,7 +31,7 @@ system-deps:
 	@bash .ci/system-deps.sh
 
 # The pipeline as Prefect runs it: `dspo up` starts the local stack in .dspo/stack (or reuses
-# it), `dspo pipeline` runs `prefect deployment run dspo/full-pipeline --watch` on it (each
+# it), `dspo pipeline` runs the dspo/full-pipeline deployment on it and watches the run (each
 # stage its own flow run; a second `make run` finds every stage's output in the store: a cache
 # hit per stage) and prints where to look. `dspo down` stops the stack.
 run: $(STAMP)
