@@ -3,8 +3,8 @@
 Ground floor: imports nothing of the project, so the command line, the flows and the stack
 manager all find the same folder and the same default store.
 
-    project_dir()          /home/me/dspo           (nearest folder with a pyproject.toml)
-    store_uri(None)        file:///home/me/dspo/.dspo/store
+    project_dir()          <project>               (nearest folder with a pyproject.toml)
+    store_uri(None)        file://<project>/.dspo/store
     store_uri("s3://b/p")  s3://b/p
 """
 from __future__ import annotations
