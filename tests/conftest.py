@@ -13,6 +13,9 @@ import pytest
 
 from support.s3server import S3TestServer
 
+# The storage tests' `location` and `store` fixtures, one store per backend kind.
+pytest_plugins = ["store_params"]
+
 
 @pytest.fixture(scope="session")
 def s3_server():

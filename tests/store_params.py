@@ -1,7 +1,12 @@
-"""Opens a DatasetStore on each backend kind for the parametrised storage tests."""
+"""Opens a DatasetStore on each backend kind for the parametrised storage tests: the fixtures
+`location` and `store` (registered for every test module by conftest.py's pytest_plugins)."""
 from __future__ import annotations
 
 import uuid
+
+import pytest
+
+from storage import DatasetStore
 
 BACKEND_KINDS = ["file", "memory", "s3"]
 
@@ -20,3 +25,17 @@ def store_location(kind: str, tmp_path, request) -> tuple[str, dict | None]:
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
     return f"s3://{bucket}/root", s3_options(server)
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def location(request, tmp_path):
+    """(uri, storage_options) of a fresh store, once per backend kind."""
+    return store_location(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def store(location):
+    """A DatasetStore on `location`, closed after the test."""
+    opened = DatasetStore(*location)
+    yield opened
+    opened.close()

@@ -13,19 +13,7 @@ from storage import (
     DatasetNotFoundError, DatasetStore, InvalidNameError, ManifestError, MissingCredentialsError, SchemaMismatchError,
     StorageUnavailableError, StoreNotFoundError, TagExistsError, TagNotFoundError, VersionNotFoundError, image_array,
 )
-from store_params import BACKEND_KINDS, s3_options, store_location
-
-
-@pytest.fixture(params=BACKEND_KINDS)
-def location(request, tmp_path):
-    return store_location(request.param, tmp_path, request)
-
-
-@pytest.fixture
-def store(location):
-    opened = DatasetStore(*location)
-    yield opened
-    opened.close()
+from store_params import s3_options
 
 
 def make_table(rows: int, offset: int = 0, with_images: bool = False) -> pa.Table:

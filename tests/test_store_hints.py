@@ -4,22 +4,8 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
-import pytest
 
 from storage import DatasetStore
-from store_params import BACKEND_KINDS, store_location
-
-
-@pytest.fixture(params=BACKEND_KINDS)
-def location(request, tmp_path):
-    return store_location(request.param, tmp_path, request)
-
-
-@pytest.fixture
-def store(location):
-    opened = DatasetStore(*location)
-    yield opened
-    opened.close()
 
 
 def publish_versions(store: DatasetStore, count: int) -> None:

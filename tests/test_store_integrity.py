@@ -10,19 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage import ChecksumMismatchError, DatasetStore, image_array
-from store_params import BACKEND_KINDS, store_location
-
-
-@pytest.fixture(params=BACKEND_KINDS)
-def location(request, tmp_path):
-    return store_location(request.param, tmp_path, request)
-
-
-@pytest.fixture
-def store(location):
-    opened = DatasetStore(*location)
-    yield opened
-    opened.close()
 
 
 def image_table(rows: int, seed: int) -> pa.Table:
