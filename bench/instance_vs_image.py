@@ -27,11 +27,23 @@ Construction (64 x 64 HR, the tiny VAE's x8 gives an 8 x 8 latent grid)
 Training
     Both methods start from the same tiny model (build seed 0) and the same LoRA
     initialisation (``TrainConfig.seed``) and run the same number of optimizer steps on the
-    same images per step, with the same lr, beta and objective; text_mode "none" (the
-    experiment is about the masks). Image-level DPO: ``instance_masks=False``, one pair per
+    same images per step, with the same lr, beta and objective; image-level DPO and the
+    mask comparison use text_mode "none". Image-level DPO: ``instance_masks=False``, one pair per
     image, --batch-size pairs per step. DSPO: ``instance_masks=True``, two instance pairs per
     image, 2 x --batch-size pairs per step (the same images, and with sum_m w_m = 1 per image
     the same per-pixel gradient scale). LoRA on attention and convolutions (``TARGETS``).
+
+Text feedback (``--text-modes``, default none,prompt,prompt+negative)
+    DSPO once per ``TrainConfig.text_mode``, everything else equal (same LoRA init, order,
+    noise): "none" (empty prompts), "prompt" (each pair's ``positive_text``: the image's
+    caption, "a photo of <source photo>"), "prompt+negative" (also the ``negative_text`` as
+    negative-prompt guidance, g = ``train_guidance_scale`` 2: on A the hallucination
+    description ``ARTIFACT_TEXT``, on B ``BLUR_TEXT``). The tiny text encoder is random-init
+    over the real CLIP tokenizer, so a text is a fixed but meaningless embedding: what can be
+    learned is "this negative text goes with this kind of region", not its words.
+    Measured twice: with the held-out pair's own texts under the run's text mode (what the
+    trainer's eval_* metrics do) and with no text (as at inference, where no hallucination
+    description exists). Read: does the feedback text change A's held-out accuracy or margin?
 
 Measurement (held-out pairs, new images from other photos), ``TESTS``
     z of a (better, worse) pair on one instance's mask, computed by ``dspo_step`` (->
@@ -52,6 +64,7 @@ Measurement (held-out pairs, new images from other photos), ``TESTS``
 How to run
     .venv/bin/python bench/instance_vs_image.py [--seeds 0,1,2,3,4] [--threads 1]
         [--objective renoise|regression] [--steps 60] [--lr 1e-3] [--beta 500] [--train 96]
+        [--text-modes none,prompt,prompt+negative]
     Defaults are what showed the effect: the regression objective (the re-noised surrogate
     learned nothing measurable in 100 steps on the random-init model). --draws matters only
     for renoise (regression with noise strength 0 is deterministic).
@@ -60,135 +73,39 @@ How to run
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from instance_vs_image_data import (
+    ARTIFACT_TEXT,
+    BLUR_TEXT,
+    HELDOUT_SOURCES,
+    SIZE,
+    TEXT_MODES,
+    TRAIN_SOURCES,
+    Item,
+    image_pairs,
+    instance_pairs,
+    make_items,
+)
+from instance_vs_image_report import print_masks_report, print_text_report
+
 from dspo_core.loss import pool_mask
 from dspo_core.sr import TinySDBackbone, TinySDConfig, build_tiny_sd
 from dspo_core.sr.diffusion import LoraSettings, images_to_tensor
-from dspo_core.train import DSPOTrainer, PairExample, TrainConfig
+from dspo_core.train import DSPOTrainer, TrainConfig
 from dspo_core.train.data import pair_noise, pair_seed
 from dspo_core.train.latents import encode_pairs
 from dspo_core.train.step import dspo_step, encode_conditioning
 
-SIZE = 64
-QUADRANT = 32  # side of instance A (top-left)
-TRAIN_SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "brick", "grass")
-HELDOUT_SOURCES = ("camera", "moon", "gravel", "hubble_deep_field", "colorwheel", "clock", "coins", "retina")
 EVAL_STREAM = 7  # pair_seed stream of the held-out (noise, t) draws; distinct from the trainer's
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _source(name: str) -> np.ndarray:
-    import skimage.data
-
-    image = getattr(skimage.data, name)()
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
-
-
-def make_bases(count: int, sources: tuple[str, ...], seed: int) -> list[np.ndarray]:
-    """`count` HR-like 64 px images: random photo crops blended with smooth colour gradients."""
-    rng = np.random.default_rng(seed)
-    photos = [_source(name) for name in sources]
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / (SIZE - 1)
-    bases = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        side = int(rng.integers(96, min(height, width, 320) + 1))
-        top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((SIZE, SIZE), Image.BICUBIC)
-        crop = np.asarray(crop, np.float32)
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        angle = rng.uniform(0, 2 * np.pi)
-        ramp = np.cos(angle) * xx + np.sin(angle) * yy  # (H, W) in [-1.4, 1.4]
-        colours = rng.uniform(0, 255, (2, 3)).astype(np.float32)
-        gradient = colours[0] + (ramp[..., None] - ramp.min()) / (np.ptp(ramp) + 1e-6) * (colours[1] - colours[0])
-        bases.append(np.clip(0.7 * crop + 0.3 * gradient, 0, 255).astype(np.uint8))
-    return bases
-
-
-def _artifact(rng: np.random.Generator, amplitude: float, noise_sigma: float, period: int) -> np.ndarray:
-    """(S, S, 3) float: diagonal stripes of `period` px (fixed phase) plus Gaussian pixel noise."""
-    yy, xx = np.mgrid[0:QUADRANT, 0:QUADRANT].astype(np.float32)
-    stripes = amplitude * np.sign(np.sin(2 * np.pi * (xx + yy) / period + np.pi / 4))
-    noise = rng.normal(0, noise_sigma, (QUADRANT, QUADRANT, 3)) if noise_sigma > 0 else 0.0
-    return np.broadcast_to(stripes[..., None] + noise, (QUADRANT, QUADRANT, 3))
-
-
-@dataclass
-class Item:
-    """One image of the experiment: LQ, the clean image, the image-level winner/loser and the two instance masks."""
-
-    lq: np.ndarray  # (16, 16, 3) uint8
-    clean: np.ndarray  # (64, 64, 3) uint8: sharp everywhere, no artifact
-    winner: np.ndarray  # (64, 64, 3) uint8: sharp, artifact in A
-    loser: np.ndarray  # (64, 64, 3) uint8: blurred, clean in A
-    mask_a: np.ndarray  # (64, 64) bool
-    mask_b: np.ndarray  # (64, 64) bool
-
-
-def make_items(
-    count: int,
-    sources: tuple[str, ...],
-    seed: int,
-    artifact: float = 80.0,
-    period: int = 8,
-    blur: float = 1.5,
-    noise: float = 0.0,
-) -> list[Item]:
-    rng = np.random.default_rng(seed + 1_000_003)
-    mask_a = np.zeros((SIZE, SIZE), bool)
-    mask_a[:QUADRANT, :QUADRANT] = True
-    items = []
-    for base in make_bases(count, sources, seed):
-        clean = base.astype(np.float32)
-        winner = clean.copy()
-        winner[:QUADRANT, :QUADRANT] += _artifact(rng, artifact, noise, period)
-        loser = gaussian_filter(clean, sigma=(blur, blur, 0))
-        loser[:QUADRANT, :QUADRANT] = clean[:QUADRANT, :QUADRANT]
-        items.append(
-            Item(
-                lq=np.asarray(Image.fromarray(base).resize((SIZE // 4, SIZE // 4), Image.BICUBIC)),
-                clean=base,
-                winner=np.clip(winner, 0, 255).round().astype(np.uint8),
-                loser=np.clip(loser, 0, 255).round().astype(np.uint8),
-                mask_a=mask_a,
-                mask_b=~mask_a,
-            )
-        )
-    return items
-
-
-def image_pairs(items: list[Item]) -> list[PairExample]:
-    """Image-level labels: winner > loser, one pair per image (the mask is ignored under instance_masks=False)."""
-    ones = np.ones((SIZE, SIZE), bool)
-    return [PairExample(lq=it.lq, winner=it.winner, loser=it.loser, mask=ones, pair_id=f"img{i}") for i, it in enumerate(items)]
-
-
-def instance_pairs(items: list[Item]) -> list[PairExample]:
-    """Instance-level labels: on A the (artifact-free) loser wins, on B the (sharp) winner wins."""
-    pairs = []
-    for i, it in enumerate(items):
-        w_a = float(it.mask_a.mean())
-        pairs.append(PairExample(lq=it.lq, winner=it.loser, loser=it.winner, mask=it.mask_a, weight=w_a, pair_id=f"A{i}"))
-        pairs.append(PairExample(lq=it.lq, winner=it.winner, loser=it.loser, mask=it.mask_b, weight=1 - w_a, pair_id=f"B{i}"))
-    return pairs
 
 
 # ----------------------------------------------------------------------------- train and measure
@@ -209,12 +126,16 @@ TESTS = {
     "A only": lambda it: (it.clean, it.winner, it.mask_a),
     "B only": lambda it: (it.clean, it.loser, it.mask_b),
 }
+#: The negative text of each test's pairs (the worse side's flaw), as in training.
+TEST_NEGATIVES = {"A": ARTIFACT_TEXT, "B": BLUR_TEXT, "A only": ARTIFACT_TEXT, "B only": BLUR_TEXT}
 
 
 def train(
-    model_dir: str, method: str, items: list[Item], config: TrainConfig, rank: int, targets: tuple[str, ...]
+    model_dir: str, method: str, items: list[Item], config: TrainConfig, rank: int, targets: tuple[str, ...],
+    text_mode: str = "none",
 ) -> DSPOTrainer:
-    """Train the tiny backbone with ``method`` "image" (Diffusion-DPO) or "dspo"; returns the trainer.
+    """Train the tiny backbone with ``method`` "image" (Diffusion-DPO, no text) or "dspo" (with
+    ``text_mode``); returns the trainer.
 
     DSPO has two instance pairs per image, so its micro-batch holds twice as many pairs: both
     methods then see the same number of images per step and, since sum_m w_m = 1 per image,
@@ -225,7 +146,7 @@ def train(
     if method == "image":
         pairs, config = image_pairs(items), config.model_copy(update={"instance_masks": False})
     elif method == "dspo":
-        update = {"instance_masks": True, "batch_size": 2 * config.batch_size}
+        update = {"instance_masks": True, "batch_size": 2 * config.batch_size, "text_mode": text_mode}
         pairs, config = instance_pairs(items), config.model_copy(update=update)
     else:
         raise ValueError(method)
@@ -235,9 +156,14 @@ def train(
 
 
 @torch.no_grad()
-def instance_preference(trainer: DSPOTrainer, items: list[Item], draws: int, batch: int = 16) -> dict[str, dict]:
-    """Per test of ``TESTS``: mean-over-draws z of (better > worse) on the test's mask, per held-out image."""
+def instance_preference(
+    trainer: DSPOTrainer, items: list[Item], draws: int, batch: int = 16, with_text: bool = True
+) -> dict[str, dict]:
+    """Per test of ``TESTS``: mean-over-draws z of (better > worse) on the test's mask, per held-out image.
+    ``with_text``: the pairs' texts under the run's text mode (caption, ``TEST_NEGATIVES``); else none."""
     backbone, config = trainer.backbone, trainer.config
+    if not with_text:
+        config = config.model_copy(update={"text_mode": "none"})
     factor = backbone.vae_scale_factor
     latent_hw = (SIZE // factor, SIZE // factor)
     result = {}
@@ -249,7 +175,8 @@ def instance_preference(trainer: DSPOTrainer, items: list[Item], draws: int, bat
             latents = encode_pairs(backbone, lq, images_to_tensor(better), images_to_tensor(worse))
             masks = pool_mask(torch.from_numpy(np.stack(mask).astype(np.float32)), latent_hw)
             weights = torch.ones(len(lq))
-            text = encode_conditioning(backbone, [""] * len(lq), [""] * len(lq), config)
+            captions = [it.caption for it in items[start : start + batch]]
+            text = encode_conditioning(backbone, captions, [TEST_NEGATIVES[name]] * len(lq), config)
             per_draw = []
             for draw in range(draws):
                 seeds = [pair_seed(0, EVAL_STREAM, draw, start + j) for j in range(len(lq))]
@@ -283,8 +210,13 @@ def run(
     build_seed: int = 0,
     model_dir: str | None = None,
     verbose: bool = False,
+    text_modes: tuple[str, ...] = ("none",),
 ) -> dict[str, dict[str, dict]]:
-    """Train both methods with one seed; returns {method: {test: {acc, margin, z}}} (tests: ``TESTS``)."""
+    """Train the methods with one seed; returns {method: {test: {acc, margin, z}}} (tests: ``TESTS``).
+
+    Methods: "image" (image-level DPO), "dspo" (text_mode none), and for each other mode of
+    ``text_modes`` "dspo:<mode>" (measured with the pairs' texts) and "dspo:<mode>, no text"
+    (the same run measured without text)."""
     train_items = make_items(n_train, TRAIN_SOURCES, seed, artifact, period, blur, noise)
     eval_items = make_items(n_eval, HELDOUT_SOURCES, 10_000 + seed, artifact, period, blur, noise)
     config = TrainConfig(
@@ -303,16 +235,23 @@ def run(
     if model_dir is None:
         scratch = tempfile.TemporaryDirectory(prefix="dspo-ivi-")
         model_dir = build_tiny_sd(scratch.name, seed=build_seed)
+    unknown = set(text_modes) - set(TEXT_MODES)
+    if unknown:
+        raise ValueError(f"unknown text modes {sorted(unknown)}; modes: {', '.join(TEXT_MODES)}")
+    runs = [("image", "image", "none"), ("dspo", "dspo", "none")]
+    runs += [(f"dspo:{mode}", "dspo", mode) for mode in text_modes if mode != "none"]
     results = {}
     try:
-        for method in ("image", "dspo"):
+        for name, method, text_mode in runs:
             start = time.perf_counter()
-            trainer = train(model_dir, method, train_items, config, rank, targets)
-            results[method] = instance_preference(trainer, eval_items, draws)
+            trainer = train(model_dir, method, train_items, config, rank, targets, text_mode)
+            results[name] = instance_preference(trainer, eval_items, draws)
+            if text_mode != "none":
+                results[f"{name}, no text"] = instance_preference(trainer, eval_items, draws, with_text=False)
             if verbose:
                 last = trainer.history[-1][1]
                 print(
-                    f"  seed {seed} {method:5s}: {time.perf_counter() - start:5.1f} s, final train loss "
+                    f"  seed {seed} {name:20s}: {time.perf_counter() - start:5.1f} s, final train loss "
                     f"{last['loss']:.3f} acc {last['implicit_acc']:.2f} margin {last['margin']:+.2f}",
                     flush=True,
                 )
@@ -342,7 +281,10 @@ def main() -> None:
     parser.add_argument("--blur", type=float, default=1.5, help="Gaussian sigma of the loser's blur outside A")
     parser.add_argument("--noise", type=float, default=0.0, help="sigma of Gaussian pixel noise added to the stripes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
+    parser.add_argument("--text-modes", default=",".join(TEXT_MODES),
+                        help=f"DSPO text modes to compare (comma-separated, of {', '.join(TEXT_MODES)})")
     args = parser.parse_args()
+    text_modes = tuple(args.text_modes.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -351,7 +293,7 @@ def main() -> None:
         f"objective={args.objective} steps={args.steps} lr={args.lr} beta={args.beta} rank={args.rank} "
         f"targets={targets} train={args.train} images eval={args.eval} batch={args.batch_size} images "
         f"draws={args.draws} artifact={args.artifact} period={args.period} noise={args.noise} blur={args.blur} "
-        f"threads={torch.get_num_threads()}",
+        f"text_modes={text_modes} threads={torch.get_num_threads()}",
         flush=True,
     )
     scratch = tempfile.TemporaryDirectory(prefix="dspo-ivi-")
@@ -364,29 +306,12 @@ def main() -> None:
             targets=targets, n_train=args.train, n_eval=args.eval, batch_size=args.batch_size, draws=args.draws,
             min_timestep=args.min_timestep, max_timestep=args.max_timestep, artifact=args.artifact,
             period=args.period, blur=args.blur, noise=args.noise, model_dir=model_dir, verbose=True,
+            text_modes=text_modes,
         )
     scratch.cleanup()
-    print("\nheld-out accuracy / margin per seed (image-DPO | DSPO)")
-    print(f"{'seed':>4s}  " + "  ".join(f"{name:^27s}" for name in TESTS))
-    for seed, res in rows.items():
-        cells = [
-            f"{res['image'][name]['acc']:.2f} {res['image'][name]['margin']:+6.1f} | "
-            f"{res['dspo'][name]['acc']:.2f} {res['dspo'][name]['margin']:+6.1f}"
-            for name in TESTS
-        ]
-        print(f"{seed:4d}  " + "  ".join(f"{cell:27s}" for cell in cells))
-    print(f"\n{'test':8s} {'image-DPO acc':>15s} {'DSPO acc':>15s} {'image-DPO margin':>18s} {'DSPO margin':>15s}  DSPO better in")
-    for name in TESTS:
-        acc = {m: [rows[s][m][name]["acc"] for s in seeds] for m in ("image", "dspo")}
-        margin = {m: [rows[s][m][name]["margin"] for s in seeds] for m in ("image", "dspo")}
-        wins = sum(d > i for d, i in zip(acc["dspo"], acc["image"]))
-        spread = lambda xs: statistics.pstdev(xs) if len(xs) > 1 else 0.0
-        print(
-            f"{name:8s} {statistics.mean(acc['image']):6.2f} +- {spread(acc['image']):.2f} "
-            f"{statistics.mean(acc['dspo']):6.2f} +- {spread(acc['dspo']):.2f} "
-            f"{statistics.mean(margin['image']):+9.1f} +- {spread(margin['image']):4.1f} "
-            f"{statistics.mean(margin['dspo']):+7.1f} +- {spread(margin['dspo']):4.1f}  {wins}/{len(seeds)} seeds (acc)"
-        )
+    print_masks_report(rows, seeds, tuple(TESTS))
+    if any(mode != "none" for mode in text_modes):
+        print_text_report(rows, seeds)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

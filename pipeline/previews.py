@@ -209,14 +209,15 @@ def preview_checkpoints(store: DatasetStore, ref: str) -> str:
 
 
 def preview_eval_results(store: DatasetStore, ref: str) -> str:
-    """The evaluation's markdown summary and its LQ | base | tuned | HR grid."""
+    """The evaluation's markdown summary and its LQ | <each method> | HR grid."""
     metadata = store.manifest(ref).get("metadata", {})
     parts = [metadata.get("markdown") or ""]
     report = (metadata.get("side_outputs") or {}).get("eval_report")
     if report:
         rows = first_rows(store, report, 1, ["grid"])
         if rows and rows[0]["grid"]:
-            parts.append("LQ | base | tuned | HR\n\n" + thumbnail(decode_image(rows[0]["grid"]), size=THUMB * 5))
+            columns = ["LQ", *(method["name"] for method in metadata.get("methods", [])), "HR"]
+            parts.append(" | ".join(columns) + "\n\n" + thumbnail(decode_image(rows[0]["grid"]), size=THUMB * 5))
     return "\n\n".join(part for part in parts if part)
 
 

@@ -40,3 +40,23 @@ def test_dspo_prefers_the_artifact_free_instance_more_than_image_dpo(tmp_path):
         assert image[test]["margin"] < 0 < dspo[test]["margin"], (test, image[test], dspo[test])
     assert dspo["B"]["acc"] >= image["B"]["acc"] - MAX_ACC_LOSS_B, (image["B"], dspo["B"])
     assert dspo["B"]["margin"] > 0 and image["B"]["margin"] > 0, (image["B"], dspo["B"])
+
+
+TEXT_WIRING = {"steps": 3, "n_train": 8, "n_eval": 4, "batch_size": 4}
+
+
+@pytest.mark.timeout(120)
+def test_text_modes_train_with_the_feedback_text_and_are_measured_with_and_without_it(tmp_path):
+    """The bench's text arm: DSPO trained with prompt + negative text (each pair's caption and
+    the loser's flaw) is a different model from DSPO without text, and its held-out z depends on
+    the text it is measured with. Which way the text moves A's accuracy is the bench's finding
+    (README), not asserted: a handful of steps here only checks that the text is used."""
+    model_dir = ivi.build_tiny_sd(str(tmp_path / "tiny"), seed=0)
+    res = ivi.run(seed=0, model_dir=model_dir, text_modes=("none", "prompt+negative"), **TEXT_WIRING)
+    assert set(res) == {"image", "dspo", "dspo:prompt+negative", "dspo:prompt+negative, no text"}
+    with_text, without = res["dspo:prompt+negative"]["A"]["z"], res["dspo:prompt+negative, no text"]["A"]["z"]
+    assert not torch.allclose(with_text, without)
+    assert not torch.allclose(without, res["dspo"]["A"]["z"])  # the texts changed what was learned
+    pairs = ivi.instance_pairs(ivi.make_items(1, ivi.TRAIN_SOURCES, 0))
+    assert [(pair.positive_text, pair.negative_text) for pair in pairs] == [
+        ("a photo of astronaut", ivi.ARTIFACT_TEXT), ("a photo of astronaut", ivi.BLUR_TEXT)]

@@ -147,10 +147,11 @@ def test_eval_preview_shows_the_report_and_the_grid_of_its_side_output(chain):
     store, _ = chain
     report = store.publish("eval_report", pa.table({"grid": pa.array([picture(8, 64)], type=IMAGE_TYPE)}))
     ref = store.publish("eval_results", pa.table({"value": [1.0]}), metadata={
-        "markdown": "## DSPO evaluation\n\n> **Random-init backbone.** x\n", "side_outputs": {"eval_report": report}})
+        "markdown": "## DSPO evaluation\n\n> **Random-init backbone.** x\n", "side_outputs": {"eval_report": report},
+        "methods": [{"name": "base"}, {"name": "image-dpo"}, {"name": "dspo"}]})
     text = preview_markdown(store, ref)
     assert text.split("\n\n")[1:3] == ["## DSPO evaluation", "> **Random-init backbone.** x"]
-    assert "LQ | base | tuned | HR" in text and images_in(text) == 1
+    assert "LQ | base | image-dpo | dspo | HR" in text and images_in(text) == 1
 
 
 def test_readme_reads_the_train_metrics_in_the_words_of_the_previews():

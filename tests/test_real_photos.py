@@ -34,7 +34,7 @@ OVERRIDES = {
     "train.train.max_steps": 2,
     "train.train.eval_every": 2,
     "train.save_every": 2,
-    "evaluate.iqa.metrics": ["psnr", "ssim", "piqe"],
+    "evaluate.metrics": ["psnr", "ssim", "piqe"],
 }
 EXIF_ORIENTATION = 0x0112
 

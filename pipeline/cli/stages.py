@@ -70,22 +70,59 @@ def stage(
 
 
 def ingest(
-    source: Annotated[str, typer.Argument(help="Folder, s3:// prefix, Parquet/HF dataset folder, or 'demo:'.")],
+    source: Annotated[str | None, typer.Argument(
+        help="Folder, s3:// prefix, Parquet/HF dataset folder, or 'demo:' (not with --paired).")] = None,
+    paired: Annotated[str | None, typer.Option(
+        "--paired", metavar="DIR", help="A real-world paired benchmark folder (RealSR, DRealSR, StableSR/OSEDiff "
+                                        "test_HR + test_LR crops) -> lq_pairs, split test, degradation real.")] = None,
+    layout: Annotated[str | None, typer.Option(
+        "--layout", help="With --paired: realsr, drealsr or hr-lr-folders (default: detected from the names).")] = None,
+    scale: Annotated[int, typer.Option("--scale", min=1, help="With --paired: the SR factor of the pairs.")] = 4,
+    benchmark: Annotated[str | None, typer.Option(
+        "--benchmark", help="With --paired: the benchmark's name in the manifest (default: the folder's name).",
+    )] = None,
+    lr_upsampled: Annotated[bool, typer.Option(
+        "--lr-upsampled", help="With --paired: bicubic-downsample LR files stored at the HR size by --scale "
+                               "(named in each row and the manifest); refused as the wrong scale otherwise.")] = False,
     profile: ProfileOption = "demo",
     overrides: SetOption = None,
     force: ForceOption = False,
     allow_empty: AllowEmptyOption = False,
     store: StoreOption = None,
 ) -> None:
-    """Ingest source images into `hr_images` (bad files are reported and skipped)."""
+    """Ingest source images into `hr_images` (bad files are reported and skipped), or with
+    --paired a real-world paired benchmark into `lq_pairs`."""
+    if (source is None) == (paired is None):
+        raise CommandError("give either SOURCE (images for hr_images) or --paired DIR (a paired benchmark for "
+                           "lq_pairs)")
+    config = load_config(profile, overrides)
+    if paired is not None:
+        _ingest_paired(paired, layout, scale, benchmark, lr_upsampled, config.ingest.max_pixels, force, store)
+        return
+    if layout or benchmark or lr_upsampled or scale != 4:
+        raise CommandError("--layout, --scale, --benchmark and --lr-upsampled apply to --paired DIR only")
     from pipeline.stages import STAGES
 
-    config = load_config(profile, overrides)
     # Set as typed, not as a `--set` text: YAML would read "photos #2" as "photos" and 2024 as an int.
     config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"source": source})})
     doing("stage ingest")
     with opened_store(store, publishing=True) as opened:
         _print_results([run_stage(STAGES["ingest"], opened, config, force=force, allow_empty=allow_empty)])
+
+
+def _ingest_paired(folder: str, layout: str | None, scale: int, benchmark: str | None, lr_upsampled: bool,
+                   max_pixels: int, force: bool, store: str | None) -> None:
+    from pipeline.paired import ingest_paired
+
+    doing(f"ingest --paired {folder}")
+    with opened_store(store, publishing=True) as opened:
+        result = ingest_paired(opened, folder, layout=layout, scale=scale, benchmark=benchmark,
+                               lr_upsampled=lr_upsampled, max_pixels=max_pixels, force=force)
+    _print_results([StageResult("ingest --paired", result.ref, result.cache_hit, result.pairs,
+                                quarantined=result.quarantined)])
+    console().print(f"{result.ref}: {result.pairs} pairs of {result.benchmark} ({result.layout} layout, split test, "
+                    f"degradation real), {len(result.quarantined)} files quarantined, {len(result.skipped)} skipped",
+                    markup=False, highlight=False, soft_wrap=True)
 
 
 def run(

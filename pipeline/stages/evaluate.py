@@ -1,19 +1,26 @@
 """Stage `evaluate`: (`lq_pairs`, `checkpoints`) -> `eval_results` (schema: pipeline.schemas.EVAL_RESULTS),
 and the side output `eval_report`, one row (pipeline.schemas.EVAL_REPORT).
 
-Base vs tuned on held-out samples: each LQ is super-resolved by the checkpoint's base backbone
-(rebuilt from the config stored in the checkpoint row) and again with the checkpoint's LoRA
-loaded from the store, under the same settings and seed; both are scored on the whole image
-(one all-ones mask) against the HR crop with the IQA module. Design choices:
+Methods side by side (`evaluate.compare`): the base backbone (rebuilt from the config stored in
+the checkpoint rows) and each checkpoint's LoRA loaded from the store into that same backbone,
+on the same held-out samples under the same settings and per-sample seeds. Every SR output is
+scored on the whole image against the HR image with the protocol's pyiqa metrics
+(`evaluate.protocol`, dspo_core.iqa.protocol); the report is the paper's table: one row per
+method, one column per metric with its direction, mean and bootstrap CI over images, paired
+win-rates vs base (pipeline.evaluation). Design choices:
 
 - Samples: the configured lq_pairs splits (default test); when none has rows, `val`, then
   every row; the fallback is named in the log, the manifest notes and the report.
+- Metrics are built before any image is sampled: a missing weight file is an error naming it.
 - A backbone built from config with random weights (tiny-sd without a `path`) gets a banner
   at the top of the report and `random_init_backbone: true` with the sentence in the manifest
   (pipeline.reading_guide): its numbers show the machinery, not image quality.
-- One shard (both models loaded once; eval sets are ~100 images). The `eval_report` row holds
-  the markdown report and a side-by-side PNG grid (an HF Image cell), so the PNG stays out of
-  the JSON manifest, whose metadata holds the per-model means and the markdown.
+- Checkpoints named in `compare` beside the stage's input are fixed versions (checkpoints@vN);
+  the manifest's `methods` records each method's ref, checkpoint id, step and LoRA sha256.
+- One shard (the models loaded once; eval sets are ~100 images). The backbone comes from the
+  per-process model cache (`Stage.model`: one borrower at a time), so base is sampled with the
+  adapter disabled and each checkpoint's LoRA replaces the one before; metrics come from the
+  thread-safe metric cache. Nothing else outlives a run.
 """
 from __future__ import annotations
 
@@ -23,24 +30,27 @@ import logging
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageDraw
 
-from dspo_core.iqa import IQAScorer
-from pipeline.checkpoints import (
-    build_diffusion_backbone,
-    checkpoint_row,
-    load_checkpoint_into,
-)
+from dspo_core.iqa.protocol import ProtocolMetric, protocol_metrics
+from dspo_core.iqa.whole_image import ProtocolScorer
+from dspo_core.sr import DiffusionSRBackbone
+from pipeline.checkpoints import build_diffusion_backbone, load_checkpoint_into
 from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.datasets import rgb_array
+from pipeline.evaluation.methods import Method, resolve_methods
+from pipeline.evaluation.report import (
+    ReportContext,
+    csv_report,
+    grid_png,
+    markdown_report,
+)
+from pipeline.evaluation.stats import method_table
 from pipeline.reading_guide import notice_markdown, random_init_metadata
 from pipeline.schemas import EVAL_REPORT, EVAL_RESULTS
 from pipeline.stage import Shard, ShardOutput, Stage
 from storage import DatasetStore, image_cell
 
 log = logging.getLogger("dspo.evaluate")
-MODELS = ("base", "tuned")
-GRID_COLUMNS = ("LQ", "base", "tuned", "HR")
 
 
 def choose_samples(store: DatasetStore, ref: str, splits: list[str]) -> tuple[str, list[str], str]:
@@ -59,49 +69,56 @@ def sample_seed(seed: int, sample_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "big") >> 1
 
 
-def compare(values: dict[str, dict[str, list[float]]], lower_better: dict[str, bool]) -> dict:
-    """{metric: {base, tuned, delta, lower_better, better}} from per-model value lists."""
-    means = {}
-    for metric, per_model in values.items():
-        base, tuned = (float(np.mean(per_model[model])) for model in MODELS)
-        delta = tuned - base
-        gain = -delta if lower_better[metric] else delta
-        means[metric] = {"base": base, "tuned": tuned, "delta": delta, "lower_better": lower_better[metric],
-                         "better": "tuned" if gain > 0 else "base" if gain < 0 else "tie"}
-    return means
+def super_resolve(backbone: DiffusionSRBackbone, store: DatasetStore, methods: list[Method], lq: list[np.ndarray],
+                  settings: list) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
+    """({method: SR outputs}, {method: weights_id}) on one backbone: base with any adapter disabled
+    (a cached backbone may hold the LoRA of an earlier run), each checkpoint with its LoRA loaded."""
+    outputs, weights = {}, {}
+    for method in methods:
+        if method.row is None:
+            with backbone.reference():
+                outputs[method.name] = backbone.sample(lq, settings)
+            weights[method.name] = backbone.base_weights_id
+        else:
+            load_checkpoint_into(backbone, store, method.row)
+            outputs[method.name], weights[method.name] = backbone.sample(lq, settings), backbone.weights_id
+    return outputs, weights
 
 
-def markdown_report(means: dict, checkpoint: dict, split: str, samples: int, note: str,
-                    random_init_notice: str | None = None) -> str:
-    """The report: heading, the random-init banner (when given), samples and split, any fallback, the table."""
-    arrows = {"tuned": "↑ better", "base": "↓ worse", "tie": "= same"}
-    banner = notice_markdown(random_init_notice)
-    lines = [f"## DSPO evaluation: checkpoint {checkpoint['checkpoint_id']} (step {checkpoint['step']})", "",
-             *([banner, ""] if banner else []),
-             f"{samples} samples of split `{split}`; whole-image scores against the HR crop.", ""]
-    if note:
-        lines += [f"**Fallback:** {note}", ""]
-    lines += ["| metric | base | tuned | delta | tuned vs base |", "|---|---:|---:|---:|---|"]
-    for metric, row in means.items():
-        direction = "lower is better" if row["lower_better"] else "higher is better"
-        lines.append(f"| {metric} ({direction}) | {row['base']:.4f} | {row['tuned']:.4f} | {row['delta']:+.4f} "
-                     f"| {arrows[row['better']]} |")
-    return "\n".join(lines) + "\n"
+def score_methods(scorer: ProtocolScorer, samples: list[dict], outputs: dict[str, list[np.ndarray]],
+                  hr: list[np.ndarray]) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """({method: {metric: per-sample values, in sample order}}, {method: {set-level metric: value}})."""
+    image_values, set_values = {}, {}
+    for method, srs in outputs.items():
+        per_metric: dict[str, list[float]] = {m.key: [] for m in scorer.metrics if m.level == "image"}
+        for sample, sr, reference in zip(samples, srs, hr):
+            if sr.shape != reference.shape:
+                raise ValueError(f"evaluate: {method} output for sample {sample['sample_id']} is {sr.shape[1]}x"
+                                 f"{sr.shape[0]}, its HR image {reference.shape[1]}x{reference.shape[0]}: the "
+                                 "backbone's scale does not match the lq_pairs")
+            for key, value in scorer.score_image(sr, reference).items():
+                per_metric[key].append(value)
+        image_values[method], set_values[method] = per_metric, scorer.score_set(srs, hr)
+    return image_values, set_values
 
 
-def grid_png(rows: list[tuple[np.ndarray, ...]]) -> Image.Image:
-    """LQ (nearest-upscaled) | base | tuned | HR per row, under a header naming the columns."""
-    height, width = rows[0][-1].shape[:2]
-    header = 14
-    grid = Image.new("RGB", (width * len(GRID_COLUMNS), header + height * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for column, label in enumerate(GRID_COLUMNS):
-        draw.text((column * width + 4, 1), label, fill="black")
-    for index, images in enumerate(rows):
-        for column, image in enumerate(images):
-            tile = Image.fromarray(image).resize((width, height), Image.NEAREST)
-            grid.paste(tile, (column * width, header + index * height))
-    return grid
+def result_rows(samples: list[dict], methods: list[Method], metrics: tuple[ProtocolMetric, ...], protocol: str,
+                image_values: dict, set_values: dict, weights: dict) -> list[dict]:
+    """eval_results rows: per (sample, method, image-level metric), then per (method, set-level metric)."""
+    def row(method: Method, metric: ProtocolMetric, value: float, sample: dict | None) -> dict:
+        return {"sample_id": sample and sample["sample_id"], "split": sample and sample["split"],
+                "method": method.name, "weights_id": weights[method.name], "checkpoint_ref": method.checkpoint_ref,
+                "checkpoint_id": method.row and method.row["checkpoint_id"], "step": method.row and method.row["step"],
+                "protocol": protocol, "metric": metric.key, "pyiqa_metric": metric.pyiqa_name,
+                "options": metric.options_json, "kind": metric.kind, "level": metric.level, "value": value,
+                "lower_better": metric.lower_better}
+
+    rows = [row(method, metric, image_values[method.name][metric.key][index], sample)
+            for index, sample in enumerate(samples) for method in methods for metric in metrics
+            if metric.level == "image"]
+    rows += [row(method, metric, set_values[method.name][metric.key], None)
+             for method in methods for metric in metrics if metric.level == "set"]
+    return rows
 
 
 class EvaluateStage(Stage):
@@ -120,50 +137,48 @@ class EvaluateStage(Stage):
     def run_shard(self, store: DatasetStore, inputs: dict[str, str], section: EvaluateConfig,
                   shard: Shard) -> ShardOutput:
         split_label, ids, note = choose_samples(store, inputs["lq_pairs"], section.splits)  # same as plan's
-        checkpoint = checkpoint_row(store, inputs["checkpoints"], section.step)
-        config = json.loads(checkpoint["config"])
-        backbone = build_diffusion_backbone(config["backbone"], config["backbone_config"])
+        metrics = protocol_metrics(section.protocol, section.metrics)
+        scorer = ProtocolScorer(metrics, section.device)  # a missing weight fails here, before any sampling
+        methods = resolve_methods(store, section.compare, inputs["checkpoints"])
         samples = store.read_where_in(inputs["lq_pairs"], "sample_id", ids,
                                       columns=["sample_id", "split", "lq", "hr"]).to_pylist()
-        samples.sort(key=lambda row: ids.index(row["sample_id"]))
+        order = {sample_id: index for index, sample_id in enumerate(ids)}
+        samples.sort(key=lambda row: order[row["sample_id"]])
         lq = [rgb_array(row["lq"]) for row in samples]
         hr = [rgb_array(row["hr"]) for row in samples]
         settings = [section.settings.model_copy(update={"seed": sample_seed(section.settings.seed, row["sample_id"])})
                     for row in samples]
-        outputs, weights = {"base": backbone.sample(lq, settings)}, {"base": backbone.weights_id}
-        random_init = random_init_metadata(backbone.base_weights_id)
-        load_checkpoint_into(backbone, store, checkpoint)
-        outputs["tuned"], weights["tuned"] = backbone.sample(lq, settings), backbone.weights_id
+        config = next(method.config for method in methods if method.config is not None)
+        key = json.dumps({"backbone": config["backbone"], "config": config["backbone_config"]}, sort_keys=True)
+        with self.model("backbone", key, lambda: build_diffusion_backbone(config["backbone"],
+                                                                           config["backbone_config"])) as backbone:
+            outputs, weights = super_resolve(backbone, store, methods, lq, settings)
+            random_init = random_init_metadata(backbone.base_weights_id)
 
-        scorer = IQAScorer(section.iqa)
-        lower_better = {info.name: info.lower_better for info in scorer.metrics}
-        values: dict[str, dict[str, list[float]]] = {info.name: {m: [] for m in MODELS} for info in scorer.metrics}
-        rows = []
-        for index, row in enumerate(samples):
-            candidates = np.stack([outputs[model][index] for model in MODELS])
-            whole = np.ones(hr[index].shape[:2], dtype=bool)
-            for record in scorer.score_instances(candidates, hr[index], [whole]):
-                model = MODELS[record.candidate]
-                values[record.metric][model].append(record.value)
-                rows.append({"sample_id": row["sample_id"], "split": row["split"], "model": model,
-                             "weights_id": weights[model], "checkpoint_id": checkpoint["checkpoint_id"],
-                             "step": checkpoint["step"], "metric": record.metric, "kind": record.kind,
-                             "value": record.value, "lower_better": record.lower_better})
-        means = compare(values, lower_better)
-        markdown = markdown_report(means, checkpoint, split_label, len(samples), note,
-                                   random_init["random_init_notice"])
-        grid = grid_png([(lq[i], outputs["base"][i], outputs["tuned"][i], hr[i])
-                         for i in range(min(section.grid_samples, len(samples)))])
-        report = {"checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"], "split": split_label,
-                  "samples": len(samples), "means": json.dumps(means), "markdown": markdown,
+        image_values, set_values = score_methods(scorer, samples, outputs, hr)
+        base = section.base_method
+        table = method_table(image_values, set_values, [(m.key, m.lower_better) for m in metrics], base,
+                             len(samples), section.bootstrap_resamples, section.bootstrap_seed, section.confidence)
+        records = [method.record() | {"weights_id": weights[method.name]} for method in methods]
+        context = ReportContext(section.protocol, split_label, len(samples), note,
+                                notice_markdown(random_init["random_init_notice"]) or "",
+                                section.bootstrap_resamples, section.bootstrap_seed, section.confidence,
+                                {method.name: method.describe() for method in methods})
+        markdown = markdown_report(table, metrics, base, context)
+        csv_text = csv_report(table, metrics, {record["name"]: record for record in records})
+        shown = range(min(section.grid_samples, len(samples)))
+        grid = grid_png([[lq[i], *(outputs[m.name][i] for m in methods), hr[i]] for i in shown],
+                        ["LQ", *(m.name for m in methods), "HR"])
+        report = {"protocol": section.protocol, "methods": json.dumps(records), "split": split_label,
+                  "samples": len(samples), "table": json.dumps(table), "markdown": markdown, "csv": csv_text,
                   "grid": image_cell(np.asarray(grid)), "notes": note}
-        log.info("evaluate: checkpoint %s\n%s", checkpoint["checkpoint_id"], markdown)
-        stats = {"checkpoint_id": checkpoint["checkpoint_id"], "step": checkpoint["step"],
-                 "split": split_label, "samples": len(samples), "means": means, "markdown": markdown,
-                 "weights": weights, "iqa": scorer.describe(), **random_init}
+        log.info("evaluate: %s\n%s", ", ".join(m.name for m in methods), markdown)
+        stats = {"protocol": section.protocol, "methods": records, "split": split_label, "samples": len(samples),
+                 "table": table, "markdown": markdown, "iqa": scorer.describe(), **random_init}
+        rows = result_rows(samples, methods, metrics, section.protocol, image_values, set_values, weights)
         return ShardOutput(pa.Table.from_pylist(rows, schema=EVAL_RESULTS), notes=[note] if note else [], stats=stats,
                            side_tables={"eval_report": pa.Table.from_pylist([report], schema=EVAL_REPORT)})
 
     def summarize(self, stats: list[dict]) -> dict:
-        """The comparison: per-model means per metric, the markdown report."""
+        """The comparison: methods (what was evaluated), the table, the markdown report."""
         return stats[0] if stats else {}

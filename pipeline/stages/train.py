@@ -15,6 +15,11 @@ instance-level preference pairs. Design choices:
   sr_candidates versions the pairs were ranked on); the given inputs must be those versions.
 - `run_id` is the training identity (backbone, data, hyperparameters, not the run length):
   `resume` continues the latest checkpoint with the same run_id, step numbers continuing.
+- The held-out pairs are image-disjoint from the training pairs: a sample (one LQ input, its
+  candidates, all its instance pairs) is held out as a whole, when a stable hash of its
+  `sample_id` falls under `eval_fraction` (`held_out`). Holding out single pairs would put
+  other instances of the same image, the same candidates, in training: the eval metrics would
+  then measure memorised images, not generalisation.
 """
 from __future__ import annotations
 
@@ -52,19 +57,23 @@ log = logging.getLogger("dspo.train")
 RUN_LENGTH_FIELDS = {"max_steps", "logging_steps", "eval_every", "eval_batch_size", "output_dir", "save_every"}
 PREFERENCE_COLUMNS = ["pair_id", "sample_id", "winner_id", "loser_id", "weight", "mask",
                       "positive_text", "negative_text"]
+#: How held-out pairs are chosen (part of the run_id: a run never resumes across a change of it).
+HOLDOUT_RULE = "by-sample"
 
 
 def run_id_of(section: TrainStageConfig, preferences_content: str) -> str:
     """The training identity: backbone, hyperparameters and the preferences' content fingerprint."""
     material = {"backbone": section.backbone, "backbone_config": section.backbone_config,
                 "train": section.train.model_dump(mode="json", exclude=RUN_LENGTH_FIELDS),
-                "splits": section.splits, "eval_fraction": section.eval_fraction, "preferences": preferences_content}
+                "splits": section.splits, "eval_fraction": section.eval_fraction, "holdout": HOLDOUT_RULE,
+                "preferences": preferences_content}
     return stable_id("run", json.dumps(material, sort_keys=True))
 
 
-def held_out(pair_id: str, fraction: float) -> bool:
-    """Whether a pair is in the eval split: a stable hash of its id, uniform in [0, 1), < fraction."""
-    return int(hashlib.sha256(f"eval:{pair_id}".encode()).hexdigest()[:15], 16) / 16 ** 15 < fraction
+def held_out(sample_id: str, fraction: float) -> bool:
+    """Whether a sample's pairs (all of them) are held out: a stable hash of its `sample_id`,
+    uniform in [0, 1), < fraction. About `fraction` of the samples, so of the pairs on average."""
+    return int(hashlib.sha256(f"eval:{sample_id}".encode()).hexdigest()[:15], 16) / 16 ** 15 < fraction
 
 
 def check_lineage(store: DatasetStore, inputs: dict[str, str]) -> None:
@@ -79,7 +88,8 @@ def check_lineage(store: DatasetStore, inputs: dict[str, str]) -> None:
 def load_pairs(store: DatasetStore, inputs: dict[str, str], section: TrainStageConfig
                ) -> tuple[list[PairExample], list[PairExample]]:
     """(train, held-out) PairExamples of the preferences whose sample is in `section.splits`,
-    streamed batch by batch; images are decoded once per id and shared between pairs."""
+    streamed batch by batch; images are decoded once per id and shared between pairs. Held out:
+    every pair of the samples `held_out` picks, so no sample has pairs on both sides."""
     samples = store.read_arrow(inputs["lq_pairs"], columns=["sample_id"], filter=pc.field("split").isin(section.splits),
                                verify=True)
     wanted = samples.column("sample_id").combine_chunks()
@@ -101,7 +111,7 @@ def load_pairs(store: DatasetStore, inputs: dict[str, str], section: TrainStageC
             pair = PairExample(lq=lq[row["sample_id"]], winner=images[row["winner_id"]], loser=images[row["loser_id"]],
                                mask=rle.decode(row["mask"]), weight=row["weight"], pair_id=row["pair_id"],
                                positive_text=row["positive_text"] or "", negative_text=row["negative_text"] or "")
-            (held if held_out(row["pair_id"], section.eval_fraction) else train).append(pair)
+            (held if held_out(row["sample_id"], section.eval_fraction) else train).append(pair)
     return train, held
 
 
@@ -113,7 +123,8 @@ def metric_row(run_id: str, step: int, metrics: dict[str, float]) -> dict:
 
 class TrainStage(Stage):
     # 2: pairs are batched by image size (every pair trains every epoch), so the data order differs.
-    version = 2
+    # 3: held-out pairs are whole samples (by sample_id), not single pairs.
+    version = 3
 
     def section(self, config: PipelineConfig) -> TrainStageConfig:
         return config.train
