@@ -4,7 +4,9 @@
     manifest["preferences"] = report.model_dump(mode="json")   # agreement_table() for a table
 
 Inputs: one ``InstanceRewards`` per (sample, instance) with the N candidates' combined rewards
-(computed upstream) and per-metric normalised scores; optional ``HumanLabel`` s. No torch.
+(computed upstream: dspo_core.iqa.rewards, each metric a dataset-wide z-score through a
+logistic, so a reward gap keeps the size of the raw differences) and per-metric normalised
+scores; optional ``HumanLabel`` s. No torch.
 
 IQA ranking: reward descending, ties by candidate id ascending (ints numerically before strs):
 among tied best the lowest id wins, among tied worst the highest id loses, whatever the dict
@@ -12,7 +14,9 @@ order. ``best_worst`` (DSPO Best/Worst-of-N) pairs rank 0 with rank N-1; ``top_b
 (DP2O-SR) pairs the top k with the bottom k (k clamped to N // 2: the sets never overlap), the
 kept pairs sharing the instance weight equally (w_m / pairs kept) so every instance keeps its
 mass w_m, as in L = sum_m w_m L^m. An IQA pair with margin 0 (a pure tie says nothing) or
-below ``min_reward_gap`` is dropped and recorded as a ``DroppedPair``.
+below ``min_reward_gap`` (reward units: near the dataset mean 0.01 is about 0.04 standard
+deviations of every metric together) is dropped and recorded as a ``DroppedPair``: a near-tie
+says too little to train on.
 
 Human labels follow dspo_core.label_rules, as the importer does: a label naming an unknown
 instance or candidate, or best == worst, is a ``LabelError``; each annotator's first label on
@@ -67,7 +71,7 @@ class InstanceRewards(BaseModel):
     sample_id: the LQ sample; instance_id: the instance (mask index) in it; weight: w_m >= 0;
     rewards: candidate_id -> combined reward (higher = better), >= 2 candidates; fr_scores /
     nr_scores: optional candidate_id -> mean normalised fidelity / realism; metric_scores:
-    metric -> candidate_id -> normalised score in [0, 1] (1 = best of the group). Score dicts
+    metric -> candidate_id -> normalised score in [0, 1] (higher = better, 0.5 = the dataset mean). Score dicts
     may only name candidates of ``rewards``.
     """
 
@@ -134,9 +138,11 @@ class PairConfig(BaseModel):
         "'best_worst': DSPO Best/Worst-of-N, one pair per instance (argmax vs argmin reward). 'top_bottom_k': "
         "DP2O-SR, every top-k x bottom-k pair; the kept pairs of an instance share its weight equally."))
     k: int = Field(2, ge=1, description="k of top_bottom_k; clamped to N // 2 so top and bottom never overlap.")
-    min_reward_gap: float = Field(0.0, ge=0.0, description=(
+    min_reward_gap: float = Field(0.01, ge=0.0, description=(
         "IQA pairs with reward margin (winner - loser) below this are dropped ('below_min_gap'); margin-0 pairs "
-        "always are ('zero_gap'). Human pairs are exempt."))
+        "always are ('zero_gap'). In reward units (dspo_core.iqa.rewards: logistic of dataset-wide z-scores, "
+        "slope 1/4 at the mean): 0.01 is about 0.04 standard deviations of every metric moving together, so "
+        "near-ties are dropped and real differences kept. Human pairs are exempt."))
     use_human_labels: bool = Field(True, description=(
         "False: pairs come from IQA only (ablation). Labels are still validated and scored for agreement, and "
         "their hallucination flags / descriptions still attach to pairs whose loser they name."))

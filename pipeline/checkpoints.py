@@ -19,13 +19,14 @@ import pyarrow.compute as pc
 
 from dspo_core.sr import DiffusionSRBackbone
 from pipeline.weights import build_backbone_with_weights
+from pipeline.weights.catalog import resolve_backbone_files
 from storage import DatasetStore
 
 
 def build_diffusion_backbone(name: str, config: dict) -> DiffusionSRBackbone:
     """The backbone `name` from `config` (weights fetched), refused unless it is a diffusion
     backbone: only those have the denoiser interface training and LoRA loading need."""
-    backbone = build_backbone_with_weights(name, config)
+    backbone = build_backbone_with_weights(name, resolve_backbone_files(config))
     if not isinstance(backbone, DiffusionSRBackbone):
         raise TypeError(f"train needs a diffusion backbone (tiny-sd, one-step-sd, sd-x4-upscaler), not {name!r}")
     return backbone

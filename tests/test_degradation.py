@@ -257,14 +257,56 @@ def test_changing_one_noise_seed_changes_the_lq(photos):
     assert not np.array_equal(apply(hr, params)[1], apply(hr, other)[1])
 
 
-def test_usm_sharpens_hr_and_replays(photos):
+def _usm_reference(image: np.ndarray) -> np.ndarray:
+    """BasicSR's USMSharp written out with OpenCV: 51 x 51 Gaussian (getGaussianKernel(51, 0)
+    outer product), reflect-101 borders, weight 0.5, threshold 10, float32 in [0, 1], then 8 bits."""
+    cv2 = pytest.importorskip("cv2")
+    column = cv2.getGaussianKernel(51, 0)
+    kernel = (column @ column.T).astype(np.float32)
+    x = image.astype(np.float32) / 255
+    blur = cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    residual = x - blur
+    mask = (np.abs(residual) * 255 > 10).astype(np.float32)
+    soft = cv2.filter2D(mask, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+    sharp = np.clip(x + 0.5 * residual, 0, 1)
+    return np.clip(np.round((soft * sharp + (1 - soft) * x) * 255), 0, 255).astype(np.uint8)
+
+
+def test_usm_sharp_matches_the_usmsharp_formula(photos):
+    image = np.ascontiguousarray(photos["astronaut"][100:164, 180:236])  # 64 x 56, edges and flat skin
+    sharpened = ops.usm_sharp(image)
+    reference = _usm_reference(image)
+    assert np.abs(sharpened.astype(int) - reference).max() <= 1  # float32 summation order only
+    assert (sharpened != image).mean() > 0.2  # it sharpened, not a copy
+
+
+def test_gt_usm_degrades_the_sharpened_gt_and_keeps_hr_plain(photos):
     hr = photos["astronaut"]
-    config = DegradationConfig(use_usm=True, gt_size=256, crop_mode="center")
+    config = DegradationConfig(gt_size=256, crop_mode="center")
+    assert config.gt_usm  # Real-ESRGAN's default
     hr_crop, lq, params = degrade(hr, config, 11)
     plain = hr[128:384, 128:384]
-    assert params.use_usm and hr_crop.shape == plain.shape and not np.array_equal(hr_crop, plain)
-    assert np.abs(hr_crop.astype(int) - plain).mean() < 10  # a sharpening, not a different image
+    assert params.gt_usm and np.array_equal(hr_crop, plain)
+    _, lq_plain = apply(hr, dataclasses.replace(params, gt_usm=False))
+    assert not np.array_equal(lq, lq_plain)  # the LQ comes from the sharpened crop
     assert np.array_equal(replay(params.to_json(), hr)[1], lq)
+    with pytest.raises(ValidationError, match="use_usm was renamed gt_usm"):
+        DegradationConfig(use_usm=True)
+
+
+def test_profiles_name_gt_usm():
+    """On in `full` as Real-ESRGAN trains, off in `demo`, both spelled out in the profile."""
+    import yaml
+
+    from pipeline.config import DegradeConfig, load_config, profile_path
+    from pipeline.config_errors import ConfigError
+
+    for profile, expected in (("full", True), ("demo", False)):
+        text = profile_path(profile).read_text()
+        assert DegradeConfig.model_validate(yaml.safe_load(text)["degrade"]).degradation.gt_usm is expected
+        assert f"gt_usm: {str(expected).lower()}" in text
+    with pytest.raises(ConfigError, match=r"^degrade\.degradation: use_usm was renamed gt_usm.*replace use_usm"):
+        load_config("test", ["degrade.degradation.use_usm=true"])
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -338,6 +380,7 @@ def test_version_1_records_still_replay(photos):
     params = sample_params(CONFIG, 4, hr.shape[:2])
     v1 = params.to_dict()
     v1["version"] = 1
+    v1["use_usm"] = v1.pop("gt_usm")
     v1["crop"] = {key: v1["crop"][key] for key in ("top", "left", "height", "width")} | {"reduced": False}
     assert DegradationParams.from_dict(v1) == params
     assert np.array_equal(replay(json.dumps(v1), hr)[1], apply(hr, params)[1])
@@ -395,7 +438,7 @@ def test_config_defaults_are_real_esrgan():
         (0.2, 3.0), (0.2, 1.5), (0.5, 4.0), (1.0, 2.0))
     assert (CONFIG.resize_prob, CONFIG.resize_range, CONFIG.resize_prob2, CONFIG.resize_range2) == (
         (0.2, 0.7, 0.1), (0.15, 1.5), (0.3, 0.4, 0.3), (0.3, 1.2))
-    assert (CONFIG.scale, CONFIG.gt_size, CONFIG.use_usm) == (4, 512, False)
+    assert (CONFIG.scale, CONFIG.gt_size, CONFIG.gt_usm) == (4, 512, True)
     assert all(field.description for field in DegradationConfig.model_fields.values())
     with pytest.raises(ValidationError, match="frozen"):
         CONFIG.scale = 2

@@ -21,8 +21,12 @@ from dspo_core.iqa import (
     IQAConfig,
     IQAScorer,
     MissingWeightsError,
+    Moments,
     ScoreRecord,
+    fit_scales,
     load_metric,
+    merge_moments,
+    metric_moments,
     normalise,
     offline_guard,
     reward,
@@ -109,9 +113,9 @@ def test_describe_records_kind_direction_and_version():
         assert m["lower_better"] == net.lower_better
         assert m["kind"] == net.metric_mode.lower()
         assert m["pyiqa_version"] == pyiqa.__version__
-    assert {n for n, m in info.items() if m["method"] == "masked_map"} == {"psnr", "ssim", "gmsd", "fsim", "vsi", "entropy"}
+    assert {n for n, m in info.items() if m["method"] == "masked_map"} == {"psnr", "ssim", "gmsd", "fsim", "vsi"}
     assert {n for n, m in info.items() if m["lower_better"]} == {"gmsd", "nlpd", "piqe"}
-    assert {n for n, m in info.items() if m["kind"] == "nr"} == {"piqe", "entropy"}
+    assert {n for n, m in info.items() if m["kind"] == "nr"} == {"piqe"}  # entropy rewards noise: no default
 
 
 # --------------------------------------------------------------------------- equality with pyiqa
@@ -161,19 +165,18 @@ def _noisy(ref: np.ndarray, sigmas, seed=0) -> np.ndarray:
     return np.stack([np.clip(ref + rng.normal(0, s, ref.shape), 0, 255).astype(np.uint8) for s in sigmas])
 
 
-def test_closer_candidate_normalises_to_one(calibra):
+def test_closer_candidate_normalises_higher(calibra):
     ref = calibra[1][0][:128, :128]
     cands = _noisy(ref.astype(float), [30, 3, 12])  # candidate 1 is closest to the reference
     mask = np.zeros(ref.shape[:2], bool)
     mask[20:100, 30:110] = True
-    records = normalise(score_instances(cands, ref, [mask], ["psnr", "gmsd", "ssim", "vif", "nlpd"]))
-    by = {(r.metric, r.candidate): r for r in records}
+    raw = score_instances(cands, ref, [mask], ["psnr", "gmsd", "ssim", "vif", "nlpd"])
+    by = {(r.metric, r.candidate): r for r in normalise(raw, fit_scales(raw))}
     assert not by[("psnr", 0)].lower_better and by[("gmsd", 0)].lower_better
     assert by[("gmsd", 1)].value < by[("gmsd", 0)].value  # raw gmsd: lower = closer
     for metric in ("psnr", "gmsd", "ssim", "vif", "nlpd"):
-        assert by[(metric, 1)].normalised == 1.0, metric
-        assert by[(metric, 0)].normalised == 0.0, metric
-        assert 0 < by[(metric, 2)].normalised < 1, metric
+        assert 0.5 < by[(metric, 1)].normalised < 1, metric
+        assert 0 < by[(metric, 0)].normalised < by[(metric, 2)].normalised < by[(metric, 1)].normalised, metric
 
 
 # --------------------------------------------------------------------------- bbox-fill
@@ -184,12 +187,12 @@ def test_small_mask_is_padded_for_ms_ssim_vif(calibra):
     mask[90:110, 60:80] = True  # 20 x 20 px
     crops, ref_crop = fill_crops(cands, ref, mask, "reference", 161)
     assert crops.shape == (2, 161, 161, 3) and ref_crop.shape == (161, 161, 3)
-    records = normalise(score_instances(cands, ref, [mask], ["ms_ssim", "vif", "cw_ssim", "nlpd", "piqe"]))
-    for r in records:
+    raw = score_instances(cands, ref, [mask], ["ms_ssim", "vif", "cw_ssim", "nlpd", "piqe"])
+    records = {(r.metric, r.candidate): r for r in normalise(raw, fit_scales(raw))}
+    for r in records.values():
         assert r.method == "bbox_fill" and math.isfinite(r.value), r
-    for r in records:
-        if r.kind == "fr":
-            assert r.normalised == (1.0 if r.candidate == 0 else 0.0), r
+    for metric in ("ms_ssim", "vif", "cw_ssim", "nlpd"):  # candidate 0 (sigma 2) is the closer one
+        assert records[(metric, 0)].normalised > records[(metric, 1)].normalised, metric
 
 
 def test_pad_and_fill_conventions():
@@ -327,40 +330,92 @@ def _rec(instance, candidate, metric, kind, value, lower_better):
     return ScoreRecord(instance, candidate, metric, kind, value, lower_better, "masked_map")
 
 
+def _logistic_of_z(values, value, lower_better=False):
+    """The rule of dspo_core.iqa.rewards written out: population z-score, flipped, logistic."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    z = 0.0 if std == 0 else (value - mean) / std * (-1 if lower_better else 1)
+    return 1 / (1 + math.exp(-z))
+
+
 def test_normalise_and_reward_by_hand():
+    table = [(20.0, 0.1, 40.0), (30.0, 0.2, 40.0), (25.0, 0.3, 40.0)]  # psnr, gmsd, piqe per candidate
     records = []
-    for c, (p, g, q, e) in enumerate([(20.0, 0.1, 40.0, 7.0), (30.0, 0.2, 40.0, 6.0), (25.0, 0.3, 40.0, 8.0)]):
-        records += [
-            _rec(0, c, "psnr", "fr", p, False),
-            _rec(0, c, "gmsd", "fr", g, True),
-            _rec(0, c, "piqe", "nr", q, True),
-            _rec(0, c, "entropy", "nr", e, False),
-        ]
-    norm = {(r.metric, r.candidate): r.normalised for r in normalise(records)}
-    # psnr (higher better): (v - 20) / 10 -> 0, 1, 0.5
-    assert [norm[("psnr", c)] for c in range(3)] == [0.0, 1.0, 0.5]
-    # gmsd (lower better): (0.3 - v) / 0.2 -> 1, 0.5, 0
-    assert [norm[("gmsd", c)] for c in range(3)] == pytest.approx([1.0, 0.5, 0.0])
-    # piqe: all equal -> 0.5
-    assert [norm[("piqe", c)] for c in range(3)] == [0.5, 0.5, 0.5]
-    # entropy: (v - 6) / 2 -> 0.5, 0, 1
-    assert [norm[("entropy", c)] for c in range(3)] == [0.5, 0.0, 1.0]
-    # FR means: (0 + 1)/2 = 0.5, (1 + 0.5)/2 = 0.75, (0.5 + 0)/2 = 0.25
-    # NR means: (0.5 + 0.5)/2 = 0.5, (0.5 + 0)/2 = 0.25, (0.5 + 1)/2 = 0.75
-    rewards = reward(normalise(records))
-    assert [r.fr for r in rewards] == pytest.approx([0.5, 0.75, 0.25])
-    assert [r.nr for r in rewards] == pytest.approx([0.5, 0.25, 0.75])
-    assert [r.reward for r in rewards] == pytest.approx([0.5, 0.5, 0.5])
-    # 0.7 FR + 0.3 NR: 0.35 + 0.15, 0.525 + 0.075, 0.175 + 0.225
-    assert [r.reward for r in reward(normalise(records), 0.7, 0.3)] == pytest.approx([0.5, 0.6, 0.4])
-    # one family only: its weight is renormalised to 1 (reward = FR mean)
-    fr_only = [r for r in records if r.kind == "fr"]
-    assert [r.reward for r in reward(normalise(fr_only))] == pytest.approx([0.5, 0.75, 0.25])
-    assert all(r.nr is None and r.n_nr == 0 for r in reward(normalise(fr_only)))
+    for c, (p, g, q) in enumerate(table):
+        records += [_rec(0, c, "psnr", "fr", p, False), _rec(0, c, "gmsd", "fr", g, True),
+                    _rec(0, c, "piqe", "nr", q, True)]
+    scales = fit_scales(records)
+    assert scales["psnr"].mean == pytest.approx(25.0) and scales["psnr"].std == pytest.approx(math.sqrt(50 / 3))
+    norm = {(r.metric, r.candidate): r.normalised for r in normalise(records, scales)}
+    psnr, gmsd = [row[0] for row in table], [row[1] for row in table]
+    assert [norm[("psnr", c)] for c in range(3)] == pytest.approx([_logistic_of_z(psnr, v) for v in psnr])
+    assert [norm[("gmsd", c)] for c in range(3)] == pytest.approx([_logistic_of_z(gmsd, v, True) for v in gmsd])
+    assert norm[("psnr", 2)] == pytest.approx(0.5) and norm[("gmsd", 0)] > 0.5 > norm[("gmsd", 2)]
+    assert [norm[("piqe", c)] for c in range(3)] == [0.5, 0.5, 0.5]  # never varies: no preference
+    fr = [(norm[("psnr", c)] + norm[("gmsd", c)]) / 2 for c in range(3)]
+    rewards = reward(normalise(records, scales))
+    assert [r.fr for r in rewards] == pytest.approx(fr) and [r.nr for r in rewards] == pytest.approx([0.5] * 3)
+    assert [r.reward for r in rewards] == pytest.approx([0.5 * f + 0.25 for f in fr])
+    assert [r.reward for r in reward(normalise(records, scales), 0.7, 0.3)] == pytest.approx(
+        [0.7 * f + 0.15 for f in fr])
+    fr_only = [r for r in records if r.kind == "fr"]  # one family: its weight is renormalised to 1
+    assert [r.reward for r in reward(normalise(fr_only, scales))] == pytest.approx(fr)
+    assert all(r.nr is None and r.n_nr == 0 for r in reward(normalise(fr_only, scales)))
     with pytest.raises(ValueError, match="normalise"):
         reward(records)
     with pytest.raises(ValueError, match="non-finite"):
-        normalise([_rec(0, 0, "psnr", "fr", float("nan"), False)])
+        normalise([_rec(0, 0, "psnr", "fr", float("nan"), False)], scales)
+    with pytest.raises(ValueError, match=r"no dataset scale for metrics \['vif'\]"):
+        normalise([_rec(0, 0, "vif", "fr", 0.5, False)], scales)
+
+
+def test_shard_moments_merge_to_the_whole_dataset_scale():
+    rng = np.random.default_rng(0)
+    records = [_rec(i, c, "psnr", "fr", float(v), False)
+               for i, row in enumerate(rng.normal(25, 3, (7, 4))) for c, v in enumerate(row)]
+    shards = [metric_moments(records[:5]), metric_moments(records[5:17]), {}, metric_moments(records[17:])]
+    merged, whole = merge_moments(shards, {"psnr": False})["psnr"], fit_scales(records)["psnr"]
+    values = [r.value for r in records]
+    assert merged.n == whole.n == 28
+    assert merged.mean == pytest.approx(np.mean(values), rel=1e-12) and merged.std == pytest.approx(np.std(values))
+    assert Moments.of([]).merge(Moments.of([2.0])) == Moments(1, 2.0, 0.0)
+
+
+def test_near_tie_is_dropped_and_clear_gap_kept():
+    """Per-instance min-max made every difference a 0-1 spread; on the dataset's scale a near-tie
+    (raw differences of 0.001 dB, 0.0001 SSIM) stays tiny and min_reward_gap drops it."""
+    from dspo_core.pairs import InstanceRewards, PairConfig, make_pairs
+
+    raw = {"tie": [(31.000, 0.9000), (31.001, 0.9001), (31.002, 0.9000), (31.001, 0.9001)],
+           "clear": [(24.0, 0.70), (31.0, 0.90), (27.0, 0.80), (25.0, 0.75)]}
+    records = [_rec(i, c, metric, "fr", value, False)
+               for i, rows in enumerate(raw.values()) for c, row in enumerate(rows)
+               for metric, value in zip(("psnr", "ssim"), row)]
+    rewards = reward(normalise(records, fit_scales(records)))
+    instances = [InstanceRewards(sample_id="s", instance_id=name, weight=0.5,
+                                 rewards={r.candidate: r.reward for r in rewards if r.instance == i})
+                 for i, name in enumerate(raw)]
+    gaps = {inst.instance_id: max(inst.rewards.values()) - min(inst.rewards.values()) for inst in instances}
+    assert gaps["tie"] < 0.001 and gaps["clear"] > 0.1
+    pairs, report = make_pairs(instances, config=PairConfig())  # the default min_reward_gap
+    assert [(p.instance_id, p.winner_id, p.loser_id) for p in pairs] == [("clear", 1, 0)]
+    assert [(d.instance_id, d.reason) for d in report.dropped] == [("tie", "below_min_gap")]
+
+
+def test_cleanest_and_noisiest_candidates_get_different_realism(calibra):
+    """The default no-reference metric prefers the clean candidate; entropy (no longer a default)
+    rises with noise, which is why it is out."""
+    ref = calibra[1][3][:128, :128]
+    cands = _noisy(ref.astype(float), [3, 10, 25])
+    whole = [np.ones(ref.shape[:2], bool)]
+    nr_metrics = [name for name in DEFAULT_METRICS if name not in ("psnr", "ssim", "ms_ssim", "fsim", "vif", "gmsd",
+                                                                   "nlpd", "vsi")]
+    assert nr_metrics == ["piqe"]
+    raw = score_instances(cands, None, whole, nr_metrics)
+    nr = [r.nr for r in reward(normalise(raw, fit_scales(raw)))]
+    assert nr[0] > nr[1] > nr[2] and nr[0] - nr[2] > 0.2
+    entropy = [r.value for r in score_instances(cands, None, whole, ["entropy"])]
+    assert entropy[2] > entropy[0]
 
 
 # --------------------------------------------------------------------------- hygiene and timing

@@ -105,18 +105,29 @@ def test_s3_weights_listed_fetched_and_used(s3_env, tmp_path):
     assert store.manifest(result.ref)["metadata"]["fallback"] is None
 
 
-def test_verify_checks_hash_prefixes(tmp_path, monkeypatch):
+def test_verify_checks_catalog_checksums_and_hash_prefixes(tmp_path, monkeypatch):
     monkeypatch.setenv("DSPO_MODELS", str(tmp_path))
     content = b"not really a checkpoint"
-    good = tmp_path / f"sam_vit_b_{hashlib.sha256(content).hexdigest()[:6]}.pth"
+    digest = hashlib.sha256(content).hexdigest()
+    good = tmp_path / f"weights-{digest[:8]}.pth"
     good.write_bytes(content)
-    bad = tmp_path / "sam_vit_b_01ec64.pth"
+    bad = tmp_path / "weights-01ec6400.pth"
     bad.write_bytes(content)
     assert verify_file(str(good)) is None
-    assert "does not start with 01ec64" in verify_file(str(bad))
+    assert "does not start with 01ec6400" in verify_file(str(bad))
+    assert verify_file(str(bad), f"sha256:{digest}") is None  # a catalog checksum wins over the name
+    # SAM's name suffix is not a sha256 prefix: the catalog's full digest is checked instead.
+    sam = tmp_path / "sam_vit_b_01ec64.pth"
+    sam.write_bytes(content)
+    assert verify_file(str(sam)) is None
+    use = next(use for use in profile_models(load_config("test", ["segment.segmenter.name=sam"]))
+               if use.used_by == "segment: SAM")
+    check = weights.verify_use(use)
+    assert check.failed and check.result == ("sam_vit_b_01ec64.pth: expected sha256 "
+                                             f"ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912, got {digest}")
     result = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["models", "verify", "--profile", "test", "--set", "segment.segmenter.name=sam"])
-    assert result.exit_code == 1 and "does not start with 01ec64" in result.output
+    assert result.exit_code == 1 and "sam_vit_b_01ec64.pth: expected sha256" in result.output
 
 
 def test_train_and_evaluate_backbones_listed_with_weights_status(tmp_path, monkeypatch):
@@ -126,8 +137,11 @@ def test_train_and_evaluate_backbones_listed_with_weights_status(tmp_path, monke
 
     def diffusion_uses(profile: str, overrides: list[str]) -> dict:
         uses = profile_models(load_config(profile, overrides))
-        return {use.used_by: use for use in uses if use.used_by.startswith(("train:", "evaluate: base"))}
+        return {use.used_by: use for use in uses if use.used_by.startswith(("train:", "evaluate: base"))
+                and not use.used_by.endswith("osediff_path")}
 
+    osediff = {use.model for use in profile_models(load_config("full", [])) if use.used_by.endswith("osediff_path")}
+    assert osediff == {"osediff-sd21base"}  # the OSEDiff LoRA the full profile starts from, listed on its own
     uses = diffusion_uses("full", [])
     assert set(uses) == {"train: backbone (one-step-sd)", "evaluate: base model (one-step-sd)"}
     for use in uses.values():

@@ -37,15 +37,23 @@ def test_scores_are_masked_normalised_and_rewarded(ranked):
     metrics = {"psnr", "ssim", "gmsd", "entropy", "reward", "fr_mean", "nr_mean"}
     assert set(scores["metric"]) == metrics
     assert len(scores) == len(instances) * per_sample * len(metrics)
-    for _, group in scores[scores.metric == "psnr"].groupby("instance_id"):
-        assert group["normalised"].max() == 1.0 and group["normalised"].min() == 0.0
-        best = group.loc[group["value"].idxmax(), "candidate_id"]
-        assert group.set_index("candidate_id").loc[best, "normalised"] == 1.0
+    # Normalised on each metric's scale over the whole dataset (every shard), recorded in the manifest.
+    metadata = store.manifest(results["score"].ref)["metadata"]
+    assert metadata["normalisation"]["name"] == "zscore-logistic"
+    assert metadata["metric_weights"]["learned"] == [] and "weight-free" in metadata["metric_weights"]["note"]
+    assert "rewards noise" in metadata["metric_weights"]["entropy"]
+    for metric in ("psnr", "gmsd", "ssim", "entropy"):
+        rows = scores[scores.metric == metric]
+        scale = metadata["normalisation"]["scales"][metric]
+        assert scale["n"] == len(rows) and scale["lower_better"] == (metric == "gmsd")
+        assert scale["mean"] == pytest.approx(rows["value"].mean()) and scale["std"] == pytest.approx(rows["value"].std(ddof=0))
+        z = (rows["value"] - scale["mean"]) / scale["std"] * (-1 if scale["lower_better"] else 1)
+        np.testing.assert_allclose(rows["normalised"], 1 / (1 + np.exp(-z)), rtol=1e-9)
     gmsd = scores[scores.metric == "gmsd"]
     assert gmsd["lower_better"].all()
-    for _, group in gmsd.groupby("instance_id"):
+    for _, group in gmsd.groupby("instance_id"):  # lower raw gmsd = higher normalised
         assert group.set_index("candidate_id").loc[group.loc[group["value"].idxmin(), "candidate_id"],
-                                                   "normalised"] == 1.0
+                                                   "normalised"] == group["normalised"].max()
     reward = scores[scores.metric == "reward"].set_index(["instance_id", "candidate_id"])["value"]
     fr = scores[scores.metric == "fr_mean"].set_index(["instance_id", "candidate_id"])["value"]
     nr = scores[scores.metric == "nr_mean"].set_index(["instance_id", "candidate_id"])["value"]
@@ -74,7 +82,20 @@ def test_pairs_best_worst_per_instance(ranked):
         assert pair.margin == pytest.approx(group.max() - group.min()) and pair.source == "iqa"
     weights = store.read_pandas("instances@latest").set_index("instance_id")["weight"]
     np.testing.assert_allclose(pairs["weight"], weights.loc[pairs["instance_id"]].to_numpy())
-    assert store.manifest(results["rank"].ref)["metadata"]["counts"]["pairs"] == len(pairs)
+    metadata = store.manifest(results["rank"].ref)["metadata"]
+    assert metadata["counts"]["pairs"] == len(pairs) and (pairs["margin"] >= 0.01).all()
+    assert metadata["normalisation"] == store.manifest(results["score"].ref)["metadata"]["normalisation"]
+
+
+def test_lq_pairs_keep_the_plain_hr_and_the_sharpened_one(ranked):
+    from dspo_core.degradation import usm_sharp
+
+    store, config, results = ranked
+    assert config.degrade.degradation.gt_usm  # the default, as Real-ESRGAN trains
+    rows = store.read_pandas(results["degrade"].ref)
+    hr = np.asarray(decode_image(rows.iloc[0]["hr"]))
+    np.testing.assert_array_equal(np.asarray(decode_image(rows.iloc[0]["hr_usm"])), usm_sharp(hr))
+    assert store.manifest(results["degrade"].ref)["metadata"]["gt_usm"]["enabled"] is True
 
 
 def test_preferences_and_lineage(ranked):
@@ -151,3 +172,33 @@ def test_caption_with_a_real_transformers_captioner(ranked, tmp_path):
     assert prefs["negative_text"].str.len().gt(0).all()
     metadata = store.manifest(result.ref)["metadata"]
     assert metadata["captioner"] is not None and metadata["fallback"] is None
+
+
+def test_caption_runs_the_full_profiles_vlm_section_on_a_tiny_qwen_vl(ranked, tmp_path):
+    """The full profile's `caption:` (kind vlm, Qwen2.5-VL) with the model swapped for a tiny
+    random one: the real VLM path, and every text's writer counted in the manifest."""
+    from dspo_core.feedback import build_tiny_qwen_vl
+
+    store, _, results = ranked
+    section = load_config("full").caption.model_dump(mode="json")
+    assert (section["captioner"]["kind"], section["captioner"]["model"]) == ("vlm", "Qwen/Qwen2.5-VL-7B-Instruct")
+    section["captioner"].update(model=build_tiny_qwen_vl(tmp_path / "tiny-qwen"), revision=None, device="cpu",
+                                dtype="float32", max_new_tokens=8)
+    result = run_stage(STAGES["caption"], store, load_config("test", {"caption": section}),
+                       inputs={"pairs": results["rank"].ref})
+    prefs = store.read_pandas(result.ref)
+    assert len(prefs) > 0 and set(prefs["feedback_source"]) <= {"captioner:qwen2.5-vl-7b", "template"}
+    assert prefs["negative_text"].str.len().gt(0).all() and prefs["positive_text"].str.len().gt(0).all()
+    metadata = store.manifest(result.ref)["metadata"]
+    assert metadata["captioner"]["kind"] == "vlm"
+    assert metadata["captioner"]["class"] == "Qwen2_5_VLForConditionalGeneration"
+    sources = metadata["feedback_sources"]
+    assert sum(sources["negative"].values()) == sum(sources["positive"].values()) == len(prefs)
+    templated = sources["negative"].get("template", 0), sources["positive"].get("template", 0)
+    assert templated[0] == int((prefs["feedback_source"] == "template").sum())
+    if any(templated):  # random weights rarely spell 'wrong: ...': the fallback is named with its counts
+        assert result.fallback == metadata["fallback"] == (
+            f"template writer for {templated[0]} of {len(prefs)} negative and {templated[1]} of {len(prefs)} "
+            "positive texts: the captioner gave no usable text for them")
+    else:
+        assert metadata["fallback"] is None

@@ -5,6 +5,7 @@ Typical use::
     config = DegradationConfig()                    # Real-ESRGAN x4plus defaults, gt_size 512
     hr_crop, lq, params = degrade(hr, config, seed)  # hr: (H, W, 3) uint8 RGB, any size
     params.crop.padded                               # True where hr was below gt_size on a side
+    hr_usm = usm_sharp(hr_crop)                      # the sharpened GT that was degraded (gt_usm on)
     row = {"degradation_params": params.to_json()}
     _, lq_again = replay(row, hr)                    # bit-identical to lq
 
@@ -32,6 +33,7 @@ _EXPORTS = {
     "NoiseParams": ".params",
     "ResizeParams": ".params",
     "StageParams": ".params",
+    "usm_sharp": ".ops",
     "PARAMS_KEY": ".pipeline",
     "apply": ".pipeline",
     "degrade": ".pipeline",

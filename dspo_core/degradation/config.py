@@ -3,7 +3,8 @@
 The option names and defaults are those of Real-ESRGAN's ``realesrgan_x4plus.yml``
 (read by ``RealESRGANDataset`` and ``RealESRGANModel``); ``gt_size`` defaults to
 512 as used by SD-based super-resolution. The ``2``-suffixed options belong to the
-second degradation stage.
+second degradation stage. ``gt_usm`` (on) is RealESRGANModel's unconditional sharpening of
+the GT before degradation, under the name RealESRNet's options give it.
 """
 
 from __future__ import annotations
@@ -59,10 +60,13 @@ class DegradationConfig(BaseModel):
     crop_mode: Literal["random", "center"] = Field(
         "random", description="Where the HR crop is taken: uniformly at random or in the centre."
     )
-    use_usm: bool = Field(
-        False,
-        description="Unsharp-mask the HR crop (Real-ESRGAN's USMSharp: radius 50, weight 0.5, threshold 10) "
-        "and use the sharpened crop both as the degradation input and as the returned HR.",
+    gt_usm: bool = Field(
+        True,
+        description="Sharpen the HR crop with Real-ESRGAN's USMSharp (Gaussian blur 51 x 51, sigma 8; weight 0.5; "
+        "threshold 10 on the 0-255 scale) and degrade the sharpened crop, as RealESRGANModel does (it always "
+        "degrades `gt_usm`; RealESRNet's option of this name). The unsharpened crop stays the HR (the evaluation "
+        "target); the sharpened one, Real-ESRGAN's L1 and perceptual target, is stored beside it (lq_pairs' "
+        "`hr_usm`). Replaces the former `use_usm`.",
     )
 
     blur_kernel_size: int = Field(
@@ -133,6 +137,14 @@ class DegradationConfig(BaseModel):
         0.4, ge=0, le=1, description="Stage-2 probability that the noise is gray (shared by the three channels)."
     )
     jpeg_range2: tuple[int, int] = Field((30, 95), description="Final JPEG quality range (integers, inclusive).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_options(cls, data: object) -> object:
+        if isinstance(data, dict) and "use_usm" in data:
+            raise ValueError("use_usm was renamed gt_usm, Real-ESRGAN's name (the sharpened crop is now degraded and "
+                             "stored as hr_usm, the unsharpened one stays in hr): replace use_usm with gt_usm")
+        return data
 
     @field_validator("blur_kernel_size")
     @classmethod

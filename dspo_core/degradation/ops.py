@@ -127,9 +127,22 @@ def _usm_blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def usm_sharpen(x: torch.Tensor) -> torch.Tensor:
-    """Real-ESRGAN's ``USMSharp`` (radius 50, weight 0.5, threshold 10): sharpen where the detail is strong."""
+    """Real-ESRGAN's ``USMSharp`` (radius 50, weight 0.5, threshold 10): sharpen where the detail is strong.
+
+    With G the 51 x 51 Gaussian (sigma 8) after reflect padding: residual r = x - G * x;
+    mask = |r| * 255 > 10; soft = G * mask; out = soft * clip(x + 0.5 r, 0, 1) + (1 - soft) * x.
+    """
     residual = x - _usm_blur(x)
     mask = (torch.abs(residual) * 255 > _USM_THRESHOLD).float()
     soft_mask = _usm_blur(mask)
     sharp = torch.clip(x + _USM_WEIGHT * residual, 0, 1)
     return soft_mask * sharp + (1 - soft_mask) * x
+
+
+def usm_sharp(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> the same image through :func:`usm_sharpen`, rounded back to uint8.
+
+    This is the sharpened GT (``gt_usm``) to 8 bits; the degradation itself runs on the float
+    result, as RealESRGANModel does."""
+    with torch.no_grad():
+        return to_uint8(usm_sharpen(to_tensor(image)))

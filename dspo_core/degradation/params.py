@@ -13,9 +13,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-RECORD_VERSION = 2
-"""Version 2 records every crop at ``gt_size`` (padded where the image is smaller); version 1
-shrank the crop instead and is still read (:meth:`DegradationParams.from_dict`)."""
+RECORD_VERSION = 3
+"""Version 3 names the sharpening ``gt_usm`` (Real-ESRGAN's name; versions 1-2 wrote ``use_usm``,
+and their ``hr`` was the sharpened crop when it was true). Version 2 records every crop at
+``gt_size`` (padded where the image is smaller); version 1 shrank the crop instead. Both are
+still read (:meth:`DegradationParams.from_dict`)."""
 
 NoiseKind = Literal["gaussian", "poisson"]
 ResizeMode = Literal["area", "bilinear", "bicubic"]
@@ -193,7 +195,7 @@ class DegradationParams:
         scale: super-resolution factor; the LQ is ``crop.height / scale x crop.width / scale``.
         hr_height, hr_width: size of the HR image the record was sampled for.
         crop: the HR crop.
-        use_usm: whether the HR crop is unsharp-masked before degrading.
+        gt_usm: whether the HR crop is sharpened (Real-ESRGAN's USMSharp) before degrading.
         stage1, stage2: the two degradation stages.
         final: the final resize + sinc and JPEG.
     """
@@ -204,7 +206,7 @@ class DegradationParams:
     hr_height: int
     hr_width: int
     crop: CropParams
-    use_usm: bool
+    gt_usm: bool
     stage1: StageParams
     stage2: StageParams
     final: FinalParams
@@ -225,18 +227,22 @@ class DegradationParams:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DegradationParams:
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on unknown fields or an unknown version.
-        A version 1 record (crops shrunk, never padded) is read as the equivalent version 2 record."""
+        A version 1 record (crops shrunk, never padded) or version 2 record (``use_usm``) is read as
+        the equivalent version 3 record: the same LQ replays from it."""
         version = data.get("version")
-        if version not in (1, RECORD_VERSION):
+        if version not in (1, 2, RECORD_VERSION):
             raise ValueError(f"unsupported degradation record version {version!r}, "
-                             f"expected 1 or {RECORD_VERSION}")
+                             f"expected 1, 2 or {RECORD_VERSION}")
         crop = dict(data["crop"])
+        if version in (1, 2):
+            # The sharpening was called use_usm; it degraded the same sharpened crop.
+            data = {**{key: value for key, value in data.items() if key != "use_usm"},
+                    "gt_usm": bool(data.get("use_usm", False)), "version": RECORD_VERSION}
         if version == 1:
             # A v1 crop was never padded: `reduced` (shrunk below gt_size) is implied by its box,
-            # and applying the box alone regenerates the v1 LQ, so the record reads as v2.
+            # and applying the box alone regenerates the v1 LQ, so the record reads as v3.
             crop.pop("reduced", None)
             crop.update(pad_bottom=0, pad_right=0)
-            data = {**data, "version": RECORD_VERSION}
         return _build(cls, data, crop=CropParams.from_dict(crop),
                       stage1=StageParams.from_dict(data["stage1"]), stage2=StageParams.from_dict(data["stage2"]),
                       final=FinalParams.from_dict(data["final"]))

@@ -8,8 +8,11 @@ The steps, as in ``RealESRGANModel.feed_data`` (the crop comes first here, so th
 degradation runs on the ``gt_size`` crop):
 
 1. crop ``gt_size`` from the HR, padded at the bottom / right (``BORDER_REFLECT_101``)
-   where it is smaller, as BasicSR's ``RealESRGANDataset`` does; optionally unsharp-mask
-   the crop (``use_usm``);
+   where it is smaller, as BasicSR's ``RealESRGANDataset`` does; with ``gt_usm`` sharpen
+   it (Real-ESRGAN's ``USMSharp``) and degrade the sharpened crop, as ``RealESRGANModel``
+   does; the returned HR is the unsharpened crop, ``ops.usm_sharp(hr_crop)`` the sharpened
+   one (Real-ESRGAN sharpens its whole 400 px dataset crop before cutting ``gt_size``, so
+   its sharpening sees a few more pixels of context at the crop's border);
 2. stage 1: blur, resize by a random factor, Gaussian or Poisson noise, JPEG;
 3. stage 2: blur (with ``second_blur_prob``), resize to a random factor of the LQ
    size, noise;
@@ -100,7 +103,8 @@ def apply(hr: np.ndarray, params: DegradationParams) -> tuple[np.ndarray, np.nda
 
     Returns:
         ``(hr_crop, lq)``: the ``(crop.height, crop.width, 3)`` uint8 HR crop (padded as
-        ``params.crop`` says; unsharp-masked when ``params.use_usm``) and the
+        ``params.crop`` says; never sharpened: with ``params.gt_usm`` the LQ is degraded from
+        ``usm_sharpen`` of it, whose 8-bit form is ``ops.usm_sharp(hr_crop)``) and the
         ``(crop.height / scale, crop.width / scale, 3)`` uint8 LQ image.
     """
     _check_image(hr)
@@ -110,9 +114,8 @@ def apply(hr: np.ndarray, params: DegradationParams) -> tuple[np.ndarray, np.nda
     hr_crop = _crop(hr, params.crop)
     with torch.no_grad():
         x = ops.to_tensor(hr_crop)
-        if params.use_usm:
+        if params.gt_usm:
             x = ops.usm_sharpen(x)
-            hr_crop = ops.to_uint8(x)
         x = _stage1(x, params.stage1)
         x = _stage2(x, params.stage2, (params.crop.height, params.crop.width), params.scale)
         x = _final(x, params.final, params.lq_size)

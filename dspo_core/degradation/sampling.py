@@ -120,5 +120,5 @@ def sample_params(config: DegradationConfig, rng_seed: int, hr_size: tuple[int, 
     )
     return DegradationParams(
         version=RECORD_VERSION, seed=int(rng_seed), scale=config.scale, hr_height=int(hr_size[0]),
-        hr_width=int(hr_size[1]), crop=crop, use_usm=config.use_usm, stage1=stage1, stage2=stage2, final=final,
+        hr_width=int(hr_size[1]), crop=crop, gt_usm=config.gt_usm, stage1=stage1, stage2=stage2, final=final,
     )

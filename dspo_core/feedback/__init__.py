@@ -14,6 +14,8 @@ Typical use::
 - ``TemplateWriter``: deterministic, bounded attributes -> (negative, positive) text;
 - ``HFCaptioner``: any transformers image-to-text model from a local folder or the HF
   cache (never downloaded); ``build_tiny_captioner`` makes a tiny random BLIP / GIT;
+- ``VLMCaptioner``: a chat VLM (Qwen2.5-VL) asked what is wrong in the region, its answer
+  parsed (``parse_answer``); ``build_tiny_qwen_vl`` makes a tiny random Qwen2.5-VL;
 - ``describe_feedback``: human text > captioner > template -> ``Feedback``.
 
 Importing this package imports neither torch nor transformers (the captioner does, when
@@ -55,9 +57,13 @@ from .tiny import (
     build_tokenizer,
     generated_vocab,
 )
+from .tiny_vlm import build_qwen_tokenizer, build_tiny_qwen_vl
+from .vlm import NEGATIVE_PROMPT, POSITIVE_PROMPT, VLMCaptioner, parse_answer
 
 __all__ = [
     "COLOUR_DIRECTIONS",
+    "NEGATIVE_PROMPT",
+    "POSITIVE_PROMPT",
     "VOCABULARY",
     "VOCABULARY_VERSION",
     "Attributes",
@@ -73,13 +79,17 @@ __all__ = [
     "SuspectConfig",
     "TemplateConfig",
     "TemplateWriter",
+    "VLMCaptioner",
     "bert_vocab_path",
+    "build_qwen_tokenizer",
     "build_tiny_captioner",
+    "build_tiny_qwen_vl",
     "build_tokenizer",
     "describe_feedback",
     "describe_feedback_batch",
     "generated_vocab",
     "measure",
+    "parse_answer",
     "resolve_model_dir",
     "suspect",
     "to_pil",

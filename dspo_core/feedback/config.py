@@ -7,8 +7,9 @@ Every choice the paper leaves open is a value here, so it can be changed and abl
 - ``MeasureConfig``: thresholds that turn the measured region attributes into flags
   (over-sharpened, over-smoothed, colour shift, invented texture, ringing, contrast);
 - ``TemplateConfig``: the deterministic offline text writer (length bounds, fallbacks);
-- ``CaptionerConfig``: a transformers image-to-text model (BLIP, GIT, Florence-2, a VLM)
-  loaded from a local folder or the Hugging Face cache, never downloaded;
+- ``CaptionerConfig``: a transformers image-to-text model (BLIP, GIT, Florence-2), or with
+  ``kind: vlm`` a chat VLM (Qwen2.5-VL) asked what is wrong in the region, loaded from a
+  local folder or the Hugging Face cache, never downloaded;
 - ``FeedbackConfig``: how the pieces are combined into one ``Feedback`` record.
 
 Pure pydantic: importing this module imports neither torch nor transformers.
@@ -79,23 +80,29 @@ class TemplateConfig(_Config):
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 ModelClass = Literal["auto", "image-text-to-text", "vision2seq", "causal-lm"]
 PromptStyle = Literal["auto", "blip", "git", "processor"]
+CaptionerKind = Literal["captioner", "vlm"]
 
 
 class CaptionerConfig(_Config):
     """A transformers image-to-text model used as captioner (``HFCaptioner``).
 
     Nothing is downloaded: ``model`` is a local folder written by ``save_pretrained``, or
-    a Hub model id that must already be in the Hugging Face cache.
+    a Hub model id that must already be in the Hugging Face cache (``dspo models fetch``).
+    With ``kind: vlm`` it is a chat VLM (``VLMCaptioner``): shown the loser crop it is asked
+    what is wrong in the region, shown the HR crop what the region shows, each answer parsed
+    from the line the prompt asks for; None prompts mean the documented ones in
+    ``dspo_core.feedback.vlm``.
     """
 
+    kind: CaptionerKind = Field("captioner", description="'captioner': an image-to-text captioner (HFCaptioner); 'vlm': a chat VLM asked what is wrong in the region, its answer parsed (VLMCaptioner)")
     model: str = Field(..., min_length=1, description="local folder (config.json + weights + processor files) or a Hub model id already in the HF cache")
     name: str | None = Field(None, description="name used in Feedback.source ('captioner:<name>'); default: the folder / model id's last part")
     cache_dir: str | None = Field(None, description="Hugging Face hub cache to look in for a model id (default: HF_HUB_CACHE)")
     revision: str | None = Field(None, description="revision of a cached model id (default: the cached 'main')")
     model_class: ModelClass = Field("auto", description="'auto': the class named in config.json's architectures, else AutoModelForImageTextToText (BLIP, GIT, Florence-2, VLMs), else AutoModelForCausalLM; 'vision2seq' uses AutoModelForVision2Seq where the installed transformers still has it")
     prompt_style: PromptStyle = Field("auto", description="how a prompt enters the model: 'blip' (processor text, [CLS] replaced by BLIP's bos), 'git' ([CLS] + prompt tokens, no [SEP]), 'processor' (processor(images, text), chat template applied when the processor has one); 'auto' picks from config.model_type")
-    negative_prompt: str | None = Field(None, description="prompt for the loser crop; a caption prefix ('a photo of') for captioners, a question ('Describe the artifacts in this region') for VLMs; None: unconditional caption")
-    positive_prompt: str | None = Field(None, description="prompt for the HR crop (same conventions)")
+    negative_prompt: str | None = Field(None, description="prompt for the loser crop; a caption prefix ('a photo of') for captioners, a question for VLMs; None: unconditional caption, or for kind 'vlm' its documented question (dspo_core.feedback.vlm.NEGATIVE_PROMPT)")
+    positive_prompt: str | None = Field(None, description="prompt for the HR crop (same conventions; kind 'vlm': vlm.POSITIVE_PROMPT)")
     use_chat_template: bool = Field(True, description="wrap the prompt in the processor's chat template (with one image) when it has one")
     strip_prompt: bool = Field(True, description="return only the generated continuation, not the prompt tokens")
     max_new_tokens: int = Field(24, ge=1, le=512, description="generation length bound")

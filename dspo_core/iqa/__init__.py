@@ -5,12 +5,13 @@ Typical use::
     scorer = IQAScorer(IQAConfig())            # default: weight-free pyiqa metrics, offline
     records = scorer.score_instances(candidates, hr, masks)
     # candidates (N, H, W, 3) uint8; hr (H, W, 3) uint8 or None (NR-only); masks: M x (H, W) bool
-    rewards = reward(normalise(records))       # one RewardRecord per (instance, candidate)
+    scales = fit_scales(records)               # per metric over the whole dataset (shards: merge_moments)
+    rewards = reward(normalise(records, scales))  # one RewardRecord per (instance, candidate)
     manifest_params = scorer.describe()        # metric names, fr/nr, lower_better, method, pyiqa version
 
 Full-reference metrics score fidelity to the HR crop, no-reference metrics realism;
-each is min-max normalised over the N candidates of an instance (1 = best) and the two
-families are averaged 50/50 (DP2O-SR). Pixel-wise metrics are pooled inside the mask
+each becomes a z-score over the whole dataset, mapped into (0, 1) by a logistic (``rewards``),
+and the two families are averaged 50/50 (DP2O-SR). Pixel-wise metrics are pooled inside the mask
 (``maps``), the rest are scored on a filled bounding-box crop (``crop``). Learned
 metrics run only from locally cached weights (``weights``): never a download.
 """
@@ -25,7 +26,14 @@ _EXPORTS = {
     "IQAConfig": ".config",
     "MASKED_MAP_METRICS": ".maps",
     "masked_map_scores": ".maps",
+    "NORMALISATION": ".rewards",
+    "NORMALISATION_RULE": ".rewards",
+    "MetricScale": ".rewards",
+    "Moments": ".rewards",
     "RewardRecord": ".rewards",
+    "fit_scales": ".rewards",
+    "merge_moments": ".rewards",
+    "metric_moments": ".rewards",
     "normalise": ".rewards",
     "reward": ".rewards",
     "IQAScorer": ".scoring",

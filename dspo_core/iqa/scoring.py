@@ -4,7 +4,7 @@ Typical use::
 
     scorer = IQAScorer(IQAConfig())                       # builds the metrics offline
     records = scorer.score_instances(candidates, hr, masks)
-    rewards = reward(normalise(records))                  # dspo_core.iqa.rewards
+    rewards = reward(normalise(records, fit_scales(records)))  # dspo_core.iqa.rewards
     manifest_params = scorer.describe()                   # metrics, kinds, directions, pyiqa version
 
 ``candidates`` are the N SR outputs of one LQ, (N, H, W, 3) uint8 RGB, pixel-aligned
@@ -64,7 +64,8 @@ class ScoreRecord:
     instance: index into the sample's masks; candidate: index into the N candidates;
     metric: pyiqa name; kind: "fr" | "nr"; value: the raw metric value (pyiqa's scale);
     lower_better: direction of `value`; method: "masked_map" | "bbox_fill";
-    normalised: None from scoring, set by ``normalise`` (1 = best of the group).
+    normalised: None from scoring, set by ``normalise``: logistic of the dataset-wide z-score
+    (higher = better, 0.5 = the dataset mean).
     """
 
     instance: int

@@ -77,6 +77,19 @@ class OneStepSDConfig(BaseModel):
         description="Folder with a diffusers-format UNet LoRA (pytorch_lora_weights.safetensors) fused into the base "
         "weights at load, e.g. a one-step SR LoRA; the trainable DSPO adapter goes on top of it.",
     )
+    osediff_path: str | None = Field(
+        None,
+        description="An OSEDiff checkpoint (the released osediff.pkl: UNet and VAE-encoder LoRA, ranks, state dicts) "
+        "merged into the UNet and VAE at load, as OSEDiff's test runs it on SD-2.1-base; the trainable DSPO adapter "
+        "goes on top and the reference is the OSEDiff model. A bare file name is looked up in $DSPO_MODELS by "
+        "the pipeline layer.",
+    )
+    color_fix: Literal["none", "adain", "wavelet"] = Field(
+        "none",
+        description="Colour correction of each output against its bicubic-upscaled LQ, OSEDiff's --align_method: "
+        "'adain' (per-channel mean and std; OSEDiff's test default), 'wavelet' (low frequencies of the LQ, high of "
+        "the output) or 'none'.",
+    )
     timestep: int = Field(999, ge=0, description="The single timestep the model denoises at (OSEDiff: 999).")
     default_noise_strength: float = Field(
         0.1, ge=0, description="noise_strength of candidates that leave it unset; 0 = the deterministic base output."

@@ -9,13 +9,26 @@ Sampling one LQ image:
 4. one UNet prediction at t = ``timestep`` (999), with ``z_lq`` concatenated on the
    channels when the UNet takes 2x latent channels (the tiny model); a 4-channel UNet
    (SD-2.1-base, OSEDiff) sees the LQ only through x_T;
-5. x0 in closed form from the eps or v prediction, VAE-decode, crop the padding off.
+5. x0 in closed form from the eps or v prediction, VAE-decode, crop the padding off;
+6. optionally colour-correct against the bicubic upscale (``color_fix``, OSEDiff's --align_method).
+
+With ``osediff_path`` the released OSEDiff checkpoint is merged into the UNet and VAE at load
+(``dspo_core.sr.osediff``), which makes this OSEDiff's test on SD-2.1-base: noise_strength 0,
+t = 999, x0 = (z - sqrt(1 - a) * eps) / sqrt(a), color_fix 'adain'. Where it differs from that
+script: the prompt is the candidate's ``prompt`` (OSEDiff prepends the tags of its DAPE/RAM
+tagger, ``"<tags>, <prompt>,"``; no tagger runs offline here, so pass tags or a caption as the
+prompt to match it); the LQ latent is the VAE posterior mean (OSEDiff draws an unseeded
+sample); sides are padded to 64 (OSEDiff crops them to multiples of 8); LQ inputs under 128 px
+are not enlarged first; and no tiling: OSEDiff's VAE tiles only above 1088 px (encoder) and
+246 latent px (decoder), and its UNet above a 96x96 latent (768 px), where it blends
+overlapping tiles instead of one forward (a warning says when an input is that large).
 
 ``tiny-sd`` (``tiny.TinySDBackbone``) is this class on a random-init folder made by ``tiny.build_tiny_sd``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..digest import sha256_file
 from .base import CandidateSettings, UnsupportedSettingsError
 from .bicubic import bicubic_upscale
+from .color_fix import COLOR_FIXES
 from .config import SETTING_CHOICES, SUPPORTED_SETTINGS, OneStepSDConfig
 from .diffusion import (
     DTYPES,
@@ -37,7 +51,12 @@ from .diffusion import (
     pad_to_multiple,
     tensor_to_images,
 )
+from .osediff import apply_osediff, read_osediff_checkpoint
 from .weights import folder_digest, resolve_pretrained, weights_id
+
+log = logging.getLogger(__name__)
+# OSEDiff's test tiles the UNet input above this latent area (--latent_tiled_size 96).
+OSEDIFF_LATENT_TILE = 96
 
 
 class OneStepSDBackbone(DiffusionSRBackbone):
@@ -64,14 +83,26 @@ class OneStepSDBackbone(DiffusionSRBackbone):
         self.device = torch.device(self.config.device)
         self.dtype = DTYPES[self.config.dtype]
         folder = self.folder
-        # dtype at load time: diffusers keeps the modules a model marks as float32-only.
-        load = {"local_files_only": True, "dtype": self.dtype}
+        # dtype at load time: diffusers keeps the modules a model marks as float32-only. An OSEDiff
+        # checkpoint is merged in float32 first, then cast (a bf16 merge would round the update).
+        osediff = self.config.osediff_path
+        load = {"local_files_only": True, "dtype": torch.float32 if osediff else self.dtype}
         self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **load).to(self.device)
         self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **load).to(self.device)
-        self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **load).to(self.device)
+        self.text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", local_files_only=True, dtype=self.dtype
+        ).to(self.device)
         self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
         self.scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
         self._check_model()
+        self.osediff: dict[str, Any] | None = None
+        if osediff is not None:
+            checkpoint = read_osediff_checkpoint(osediff)
+            apply_osediff(self.unet, self.vae, checkpoint)
+            if self.dtype != torch.float32:
+                self.unet.to(self.dtype)
+                self.vae.to(self.dtype)
+            self.osediff = {"path": osediff, **checkpoint.describe()}
         if self.config.lora_path is not None:
             self._fuse_base_lora(self.config.lora_path)
         self._freeze()
@@ -110,9 +141,13 @@ class OneStepSDBackbone(DiffusionSRBackbone):
 
     @property
     def base_weights_id(self) -> str:
-        """``<folder>@sha256:<12 hex>`` over the folder's files, ``+<lora_path>@sha256:...`` for a fused LoRA."""
+        """``<folder>@sha256:<12 hex>`` over the folder's files, ``+osediff:<osediff_path>@sha256:...`` for a
+        merged OSEDiff checkpoint, ``+<lora_path>@sha256:...`` for a fused LoRA."""
         if self._base_id is None:
             self._base_id = weights_id(self._base_label(), folder_digest(self.folder))
+            if self.config.osediff_path is not None:
+                osediff = self.config.osediff_path
+                self._base_id += "+" + weights_id("osediff:" + osediff, sha256_file(osediff))
             if self.config.lora_path is not None:
                 lora_file = os.path.join(self.config.lora_path, LORA_WEIGHT_NAME)
                 self._base_id += "+" + weights_id(self.config.lora_path, sha256_file(lora_file))
@@ -160,6 +195,9 @@ class OneStepSDBackbone(DiffusionSRBackbone):
         height, width = lq[0].shape[0] * self.scale, lq[0].shape[1] * self.scale
         upscaled = images_to_tensor([bicubic_upscale(image, self.scale) for image in lq])
         lq_latents = self.encode(pad_to_multiple(upscaled, self.pad_multiple))
+        if self.osediff is not None and lq_latents.shape[-2] * lq_latents.shape[-1] > OSEDIFF_LATENT_TILE**2:
+            log.warning("one-step-sd: a %dx%d latent runs in one UNet forward; OSEDiff's test would tile it "
+                        "in %d px tiles", *lq_latents.shape[-2:], OSEDIFF_LATENT_TILE)
         noisy = lq_latents + self._noise(lq_latents.shape[1:], settings)
         timesteps = torch.full((len(lq),), self.config.timestep, dtype=torch.long, device=self.device)
         output = self.predict(noisy, timesteps, self.encode_text([item.prompt for item in settings]), lq_latents)
@@ -169,15 +207,21 @@ class OneStepSDBackbone(DiffusionSRBackbone):
             unconditional = self.predict(noisy, timesteps, negative, lq_latents)
             guided = unconditional + guidance.view(-1, 1, 1, 1) * (output - unconditional)
             output = torch.where((guidance > 1).view(-1, 1, 1, 1), guided, output)
-        images = self.decode(self.predict_x0(noisy, output, timesteps))
-        return tensor_to_images(images[:, :, :height, :width])
+        images = self.decode(self.predict_x0(noisy, output, timesteps))[:, :, :height, :width]
+        if self.config.color_fix != "none":
+            output01 = (images.float().clamp(-1, 1) + 1) / 2
+            fixed = COLOR_FIXES[self.config.color_fix](output01, (upscaled.to(output01.device) + 1) / 2)
+            images = fixed * 2 - 1
+        return tensor_to_images(images)
 
     def describe(self) -> dict[str, Any]:
-        """``SRBackbone.describe`` plus ``folder`` (where the weights were read), ``prediction_type``,
+        """``SRBackbone.describe`` plus ``folder`` (where the weights were read), ``osediff`` (the merged
+        checkpoint: path, ranks, adapted module counts; None without one), ``prediction_type``,
         ``concat_lq`` and ``pad_multiple``."""
         record = super().describe()
         record.update(
             folder=self.folder,
+            osediff=self.osediff,
             prediction_type=self.prediction_type,
             concat_lq=self.concat_lq,
             pad_multiple=self.pad_multiple,

@@ -87,13 +87,18 @@ def _vae(block_out_channels: tuple[int, ...], sample_size: int) -> AutoencoderKL
 
 
 def build_tiny_sd(
-    directory: str, seed: int = 0, prediction_type: PredictionType = "epsilon", image_size: int = 128
+    directory: str,
+    seed: int = 0,
+    prediction_type: PredictionType = "epsilon",
+    image_size: int = 128,
+    concat_lq: bool = True,
 ) -> str:
     """Build a tiny SD-2-style one-step SR model (random weights) and save it in `directory`.
 
     Parts (about 3.5 M parameters in all):
       - UNet: blocks (32, 64), one layer each, cross-attention dim 32, ``in_channels=8``:
-        the 4-channel noisy latent concatenated with the 4-channel LQ latent.
+        the 4-channel noisy latent concatenated with the 4-channel LQ latent (``concat_lq=False``:
+        4, SD-2.1-base's layout, which OSEDiff adapts).
       - VAE: 4 latent channels, four blocks, so **x8** downsampling like the real SD VAE
         (the same padding rules apply); scaling factor 0.18215.
       - Text encoder: CLIP, hidden 32, 2 layers; the real CLIP tokenizer.
@@ -104,6 +109,7 @@ def build_tiny_sd(
         seed: seeds the random weights; the same seed gives the same weights.
         prediction_type: ``"epsilon"`` or ``"v_prediction"``, written to the scheduler config.
         image_size: HR side the model is nominally made for (sets the configs' ``sample_size``).
+        concat_lq: whether the UNet takes the LQ latent on extra channels (8 inputs) or not (4).
 
     Returns `directory`.
     """
@@ -113,7 +119,7 @@ def build_tiny_sd(
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             sample_size=latent_size,
-            in_channels=8,
+            in_channels=8 if concat_lq else 4,
             out_channels=4,
             block_out_channels=(32, 64),
             layers_per_block=1,

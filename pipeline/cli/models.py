@@ -1,4 +1,8 @@
-"""`dspo models ls | verify | fetch`: the weights the active profile uses."""
+"""`dspo models ls | verify | fetch`: the weights the active profile uses.
+
+`fetch` downloads every weight the profile names from its public source (the catalog's URLs
+with their checksums, Hugging Face repos at pinned revisions, s3:// URIs) into the caches
+`ls` reports; it stops at the first failure with one `error:` line, and a rerun resumes."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -6,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import console, format_bytes
+from pipeline.cli.common import CommandError, console, format_bytes
 from pipeline.cli.stages import ProfileOption, SetOption
 from pipeline.config import load_config
-from pipeline.weights import fetch_weights, profile_models, verify_use
+from pipeline.weights import fetch_item, plan_fetch, profile_models, verify_use
 
 app = typer.Typer(no_args_is_help=True, help="Model weights the profile uses: list, verify, prefetch.")
 
@@ -44,10 +48,47 @@ def verify(profile: ProfileOption = "demo", overrides: SetOption = None) -> None
         raise typer.Exit(1)
 
 
+def _url_overrides(values: list[str] | None) -> dict[str, str]:
+    """--url FILE=URL pairs as a dict; CommandError naming a value without '='."""
+    overrides = {}
+    for value in values or []:
+        name, sep, url = value.partition("=")
+        if not sep or not name or not url:
+            raise CommandError(f"--url {value!r}: expected FILE=URL, e.g. osediff.pkl=https://mirror.example.org/osediff.pkl")
+        overrides[name] = url
+    return overrides
+
+
 @app.command("fetch")
 def fetch(profile: ProfileOption = "demo", overrides: SetOption = None,
-          refresh: Annotated[bool, typer.Option("--refresh", help="Download again even if cached.")] = False) -> None:
-    """Download every s3:// weight the profile names into $DSPO_MODELS, for offline runs."""
-    for use in profile_models(load_config(profile, overrides)):
-        if use.model.startswith("s3://"):
-            console().print(f"{use.used_by}: {use.model} -> {fetch_weights(use.model, refresh=refresh)}")
+          only: Annotated[list[str] | None, typer.Option(
+              "--only", metavar="NAME", help="Fetch only this model id, file name, repo id or URI (repeatable).")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be fetched, download nothing.")] = False,
+          refresh: Annotated[bool, typer.Option("--refresh", help="Download again even if cached.")] = False,
+          mirror: Annotated[str | None, typer.Option(
+              "--mirror", metavar="URL", envvar="DSPO_WEIGHTS_MIRROR",
+              help="Base URL holding the URL-sourced files under their own names (default $DSPO_WEIGHTS_MIRROR); "
+                   "Hugging Face repos follow $HF_ENDPOINT.")] = None,
+          urls: Annotated[list[str] | None, typer.Option(
+              "--url", metavar="FILE=URL", help="Fetch FILE from URL instead (repeatable).")] = None,
+          progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
+          ) -> None:
+    """Download every weight the profile names from its public source into the caches `dspo models ls`
+    reports: URLs checked against their published checksums (resumable), Hugging Face repos at their
+    pinned revisions, s3:// URIs into $DSPO_MODELS."""
+    try:
+        items = plan_fetch(profile_models(load_config(profile, overrides)), only or (), mirror, _url_overrides(urls))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    out = console()
+    if dry_run:
+        for item in items:
+            checked = f" [{item.checksum}]" if item.checksum else ""
+            note = f" ({item.note})" if item.note else ""
+            out.print(f"{item.model}: {item.name} <- {item.source or '-'}{checked} -> {item.target or '-'}{note}",
+                      markup=False, highlight=False, soft_wrap=True)
+        return
+    for item in items:
+        status = fetch_item(item, refresh=refresh, progress=progress)
+        out.print(f"{item.model}: {item.name} -> {item.target or '-'}: {status}", markup=False, highlight=False,
+                  soft_wrap=True)

@@ -3,18 +3,29 @@
 
 A loser instance is a hallucination suspect when its fidelity to HR is low while its
 realism is high, or when a human flagged it. Its negative text describes the loser region,
-its positive text the HR region: human words first, then a captioner model if configured,
-else the template writer over measured attributes (named in the manifest).
+its positive text the HR region: human words first, then a captioner model if configured
+(an image-to-text captioner, or with `kind: vlm` a chat VLM asked what is wrong in the region),
+else the template writer over measured attributes. The manifest names the writer of every
+text: `feedback_sources` counts them per role, and `fallback` says how many texts the
+template wrote because the configured captioner gave none (or no parsable answer).
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import pyarrow as pa
 
-from dspo_core.feedback import HFCaptioner, TemplateWriter, describe_feedback, suspect
+from dspo_core.feedback import (
+    FeedbackInput,
+    HFCaptioner,
+    TemplateWriter,
+    VLMCaptioner,
+    describe_feedback_batch,
+    suspect,
+)
 from dspo_core.segment import rle
 from pipeline.config import CaptionConfig, PipelineConfig
 from pipeline.datasets import rgb_array, rows_by_sample
@@ -39,7 +50,8 @@ class CaptionStage(Stage):
         """The configured captioner for this shard alone, or None (the template writer is used)."""
         if section.captioner is None:
             return nullcontext(None)
-        return self.model("captioner", section.captioner, lambda: HFCaptioner(section.captioner))
+        build = VLMCaptioner if section.captioner.kind == "vlm" else HFCaptioner
+        return self.model("captioner", section.captioner, lambda: build(section.captioner))
 
     def metadata(self, section: CaptionConfig) -> dict:
         with self._captioner(section) as captioner:
@@ -69,18 +81,50 @@ class CaptionStage(Stage):
                 if row["metric"] in ("fr_mean", "nr_mean"):
                     family[(row["instance_id"], row["candidate_id"], row["metric"])] = row["normalised"]
         writer = TemplateWriter(section.feedback.template)
-        rows = []
+        shard_pairs, items = [], []
+        for sample_id in shard.items:
+            hr = rgb_array(hr_crops[sample_id][0]["hr"])
+            for pair in pairs.get(sample_id, []):
+                shard_pairs.append(pair)
+                items.append(self._feedback_input(pair, hr, masks, images, family, section))
         with self._captioner(section) as captioner:
-            for sample_id in shard.items:
-                hr = rgb_array(hr_crops[sample_id][0]["hr"])
-                rows += [self._preference(pair, hr, masks, images, family, writer, captioner, section)
-                         for pair in pairs.get(sample_id, [])]
-        return ShardOutput(pa.Table.from_pylist(rows, schema=PREFERENCES))
+            # One batch for the shard: the captioner sees `batch_size` crops per generate call.
+            feedbacks = describe_feedback_batch(items, writer, captioner, section.feedback)
+        rows, sources = [], {"negative": Counter(), "positive": Counter()}
+        for pair, feedback in zip(shard_pairs, feedbacks, strict=True):
+            rows.append({
+                **{name: pair[name] for name in PREFERENCES.names[:8]}, "mask": masks[pair["instance_id"]],
+                "hallucination": feedback.hallucination, "hallucination_reason": feedback.reason,
+                "positive_text": feedback.positive_text, "negative_text": feedback.negative_text,
+                "feedback_source": feedback.source, "attributes": json.dumps(feedback.attributes),
+            })
+            sources["negative"][feedback.source] += 1
+            sources["positive"][feedback.positive_source] += 1
+        return ShardOutput(pa.Table.from_pylist(rows, schema=PREFERENCES),
+                           stats={"feedback_sources": {role: dict(count) for role, count in sources.items()},
+                                  "captioner": section.captioner is not None})
+
+    def summarize(self, stats: list[dict]) -> dict:
+        """`feedback_sources` (role -> writer -> texts) over all shards; with a captioner
+        configured, `fallback` names how many texts the template wrote in its place."""
+        totals: dict[str, Counter] = {"negative": Counter(), "positive": Counter()}
+        for shard in stats:
+            for role, counts in shard.get("feedback_sources", {}).items():
+                totals[role].update(counts)
+        summary: dict = {"feedback_sources": {role: dict(sorted(count.items())) for role, count in totals.items()}}
+        if any(shard.get("captioner") for shard in stats):
+            missed = {role: count.get("template", 0) for role, count in totals.items()}
+            if any(missed.values()):
+                summary["fallback"] = (f"template writer for {missed['negative']} of {sum(totals['negative'].values())} "
+                                       f"negative and {missed['positive']} of {sum(totals['positive'].values())} "
+                                       "positive texts: the captioner gave no usable text for them")
+        return summary
 
     @staticmethod
-    def _preference(pair: dict, hr: np.ndarray, masks: dict, images: dict, family: dict, writer: TemplateWriter,
-                    captioner: HFCaptioner | None, section: CaptionConfig) -> dict:
-        """One preferences row: the pair, its mask, the hallucination verdict and the two texts."""
+    def _feedback_input(pair: dict, hr: np.ndarray, masks: dict, images: dict, family: dict,
+                        section: CaptionConfig) -> FeedbackInput:
+        """What describe_feedback needs for one pair: the loser and HR crops of the instance's
+        box, its mask there, the hallucination verdict and any human description."""
         mask = rle.decode(masks[pair["instance_id"]])
         box = crop_box(mask)
         loser = rgb_array(images[pair["loser_id"]])
@@ -90,12 +134,5 @@ class CaptionStage(Stage):
             flag, reason = suspect(family.get((pair["instance_id"], pair["loser_id"], "fr_mean")),
                                    family.get((pair["instance_id"], pair["loser_id"], "nr_mean")),
                                    section.feedback.suspect)
-        feedback = describe_feedback(loser[box], hr[box], mask[box], hallucination=flag, reason=reason,
-                                     human_negative=pair["human_description"], writer=writer,
-                                     captioner=captioner, config=section.feedback)
-        return {
-            **{name: pair[name] for name in PREFERENCES.names[:8]}, "mask": masks[pair["instance_id"]],
-            "hallucination": feedback.hallucination, "hallucination_reason": feedback.reason,
-            "positive_text": feedback.positive_text, "negative_text": feedback.negative_text,
-            "feedback_source": feedback.source, "attributes": json.dumps(feedback.attributes),
-        }
+        return FeedbackInput(loser[box], hr[box], mask[box], hallucination=flag, reason=reason,
+                             human_negative=pair["human_description"])

@@ -3,7 +3,9 @@ Real-ESRGAN second-order degradation; every sampled value and the seed go into t
 
 Every crop is `gt_size` square: a source smaller than that on a side is padded there (bottom or
 right, cv2.BORDER_REFLECT_101), as BasicSR's RealESRGANDataset pads to its crop size. Such rows
-say so in `pad_bottom`, `pad_right` and `notes`; the manifest counts them (`padded_crops`)."""
+say so in `pad_bottom`, `pad_right` and `notes`; the manifest counts them (`padded_crops`).
+With `gt_usm` the LQ is degraded from the USM-sharpened crop (Real-ESRGAN), stored as `hr_usm`
+beside the unsharpened `hr`; the manifest's `gt_usm` says which image is which."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +13,7 @@ import logging
 
 import pyarrow as pa
 
-from dspo_core.degradation import DegradationParams, degrade
+from dspo_core.degradation import DegradationParams, degrade, usm_sharp
 from pipeline.config import DegradeConfig, PipelineConfig
 from pipeline.datasets import ids_in_splits, rgb_array
 from pipeline.schemas import LQ_PAIRS, stable_id
@@ -39,13 +41,21 @@ def padding_note(params: DegradationParams, gt_size: int) -> str:
 
 
 class DegradeStage(Stage):
-    version = 2  # crops padded to gt_size instead of shrunk; pad_bottom, pad_right and notes columns
+    version = 3  # 2: crops padded to gt_size; 3: gt_usm (on by default) and the hr_usm column
 
     def section(self, config: PipelineConfig) -> DegradeConfig:
         return config.degrade
 
     def schemas(self, section: DegradeConfig) -> dict[str, pa.Schema]:
         return {"lq_pairs": LQ_PAIRS}
+
+    def metadata(self, section: DegradeConfig) -> dict:
+        """`gt_usm`: whether the LQ was degraded from the sharpened GT, and what `hr` / `hr_usm` hold."""
+        if section.degradation.gt_usm:
+            return {"gt_usm": {"enabled": True, "hr": "the unsharpened GT crop (evaluation target)",
+                               "hr_usm": "USMSharp(hr) (radius 50, weight 0.5, threshold 10), the image the lq was "
+                                         "degraded from (Real-ESRGAN's L1 / perceptual target)"}}
+        return {"gt_usm": {"enabled": False, "hr": "the GT crop the lq was degraded from", "hr_usm": None}}
 
     def plan(self, store: DatasetStore, inputs: dict[str, str], section: DegradeConfig) -> list[Shard]:
         return make_shards(ids_in_splits(store, inputs["hr_images"], "image_id", section.splits), section.shard_size)
@@ -75,6 +85,7 @@ class DegradeStage(Stage):
                     "crop_height": params.crop.height, "crop_width": params.crop.width,
                     "pad_bottom": params.crop.pad_bottom, "pad_right": params.crop.pad_right,
                     "scale": params.scale, "hr": image_cell(hr_crop), "lq": image_cell(lq), "seed": seed,
+                    "hr_usm": image_cell(usm_sharp(hr_crop)) if params.gt_usm else None,
                     "degradation_params": params.to_json(), "notes": note,
                 })
         notes = []

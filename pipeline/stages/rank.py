@@ -54,10 +54,11 @@ class RankStage(Stage):
                                         "annotator", "source"], shard.items).values():
                 labels += [HumanLabel(**row) for row in rows if row["instance_id"] is not None]
         pairs, report = make_pairs(instances, labels, section.preferences)
+        normalisation = store.manifest(inputs["instance_scores"])["metadata"].get("normalisation")
         quarantine = [{"item": f"label by {error.annotator} on {error.sample_id}/{error.instance_id}",
                        "reason": f"{error.code}: {error.reason} ({error.offending_id})"}
                       for error in report.label_errors]
-        stats = {"counts": {key: getattr(report, key) for key in COUNT_KEYS},
+        stats = {"normalisation": normalisation, "counts": {key: getattr(report, key) for key in COUNT_KEYS},
                  "agreement": report.agreement_table(),
                  "dropped": [dropped.model_dump() for dropped in report.dropped],
                  "contested": [item.model_dump() for item in report.contested_instances]}
@@ -65,7 +66,8 @@ class RankStage(Stage):
         return ShardOutput(pa.Table.from_pylist(rows, schema=PAIRS), quarantine, stats=stats)
 
     def summarize(self, stats: list[dict]) -> dict:
-        """Counts summed; agreement accuracy re-weighted by each shard's n (it is a mean over instances)."""
+        """Counts summed; agreement accuracy re-weighted by each shard's n (it is a mean over instances);
+        `normalisation`: the reward scale of instance_scores (margins and min_reward_gap are in its units)."""
         counts = {key: sum(item["counts"][key] for item in stats) for key in COUNT_KEYS}
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         for item in stats:
@@ -74,6 +76,7 @@ class RankStage(Stage):
                 totals[row["score"]][1] += row["n"]
         agreement = [{"score": score, "accuracy": total / n if n else None, "n": n}
                      for score, (total, n) in sorted(totals.items())]
-        return {"counts": counts, "agreement": agreement,
+        return {"normalisation": stats[0]["normalisation"] if stats else None, "counts": counts,
+                "agreement": agreement,
                 "dropped": [row for item in stats for row in item["dropped"]],
                 "contested": [row for item in stats for row in item["contested"]]}

@@ -16,6 +16,7 @@ from pipeline.datasets import ids_in_splits, rgb_array
 from pipeline.schemas import SR_CANDIDATES, stable_id
 from pipeline.stage import Shard, ShardOutput, Stage, make_shards
 from pipeline.weights import build_backbone_with_weights
+from pipeline.weights.catalog import resolve_backbone_files
 from storage import DatasetStore, image_cell
 
 
@@ -33,7 +34,7 @@ class SampleStage(Stage):
 
     def _backbone(self, source: CandidateSource) -> AbstractContextManager[SRBackbone]:
         return self.model("backbone", source.model_dump_json(include={"backbone", "config"}),
-                          lambda: build_backbone_with_weights(source.backbone, source.config))
+                          lambda: build_backbone_with_weights(source.backbone, resolve_backbone_files(source.config)))
 
     def metadata(self, section: SampleConfig) -> dict:
         backbones = []

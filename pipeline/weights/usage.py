@@ -11,13 +11,17 @@ import os
 from dataclasses import dataclass
 
 from dspo_core.iqa.config import WEIGHT_FREE_METRICS
+from dspo_core.iqa.protocol import protocol_metrics
 from pipeline.config import PipelineConfig
 from pipeline.weights.catalog import (
+    BACKBONE_FILE_IDS,
     CATALOG,
     DIFFUSION_BACKBONE_IDS,
     REALESRGAN_VARIANT_IDS,
     SAM_MODEL_TYPE_IDS,
+    hf_repo_entry,
     locate,
+    resolve_backbone_files,
 )
 from pipeline.weights.fetch import cache_path, is_fetched
 
@@ -73,6 +77,11 @@ def _backbone_uses(used_by: str, backbone: str, config: dict) -> list[ModelUse]:
         uses.append(_path_use(used_by, configured, "error"))
     if config.get("lora_path"):
         uses.append(_path_use(f"{used_by} LoRA", config["lora_path"], "error"))
+    for key, model_id in BACKBONE_FILE_IDS.items():
+        if config.get(key):
+            catalogued = resolve_backbone_files({key: config[key]})[key] != config[key]
+            uses.append(_catalog_use(f"{used_by} {key}", model_id, "error") if catalogued
+                        else _path_use(f"{used_by} {key}", config[key], "error"))
     return uses
 
 
@@ -89,13 +98,19 @@ def profile_models(config: PipelineConfig) -> list[ModelUse]:
         elif segmenter.sam.model_type in SAM_MODEL_TYPE_IDS:
             uses.append(_catalog_use("segment: SAM", SAM_MODEL_TYPE_IDS[segmenter.sam.model_type], if_missing))
     uses += [_metric_use("score", metric) for metric in config.score.iqa.metrics if metric not in WEIGHT_FREE_METRICS]
+    captioner = config.caption.captioner
+    if captioner is not None:
+        # Without it the caption stage fails (it does not swap in the template writer silently).
+        used_by = f"caption: {captioner.kind} ({captioner.name or captioner.model})"
+        entry = hf_repo_entry(captioner.model)
+        uses.append(_catalog_use(used_by, entry, "error") if entry else _path_use(used_by, captioner.model, "error"))
     train = config.train
     uses += _backbone_uses(f"train: backbone ({train.backbone})", train.backbone, train.backbone_config)
     # evaluate rebuilds the backbone a checkpoint was trained on (from its row); with checkpoints
     # of this profile that is the train section's, so its base weights are needed again there.
     uses += _backbone_uses(f"evaluate: base model ({train.backbone})", train.backbone, train.backbone_config)
-    uses += [_metric_use("evaluate", metric) for metric in config.evaluate.iqa.metrics
-             if metric not in WEIGHT_FREE_METRICS]
+    uses += [_metric_use("evaluate", metric.pyiqa_name)
+             for metric in protocol_metrics(config.evaluate.protocol, config.evaluate.metrics) if not metric.weight_free]
     return uses
 
 
