@@ -8,6 +8,9 @@ command -v git >/dev/null || packages+=(git)
 command -v chromium >/dev/null || packages+=(chromium)
 command -v chromedriver >/dev/null || packages+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
+# tests/test_postgres_server.py runs the Prefect server on a throwaway PostgreSQL cluster
+# (initdb/pg_ctl from /usr/lib/postgresql/<version>/bin).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0
 fi

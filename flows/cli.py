@@ -4,7 +4,8 @@ Assembles the command line: the pipeline layer's commands (`datasets`, `doctor`,
 merged in as they are, plus the orchestration commands, which belong here because `pipeline/`
 must not import Prefect:
 
-    dspo up [--port N] [--state-dir DIR] [--limit 4] [--redeploy] [--run ...]   embedded Prefect stack
+    dspo up [--port N] [--state-dir DIR] [--limit 4] [--gpus N|auto] [--remote-gpu-workers]
+            [--database postgresql://...] [--redeploy] [--run ...]                 embedded Prefect stack
     dspo down [--state-dir DIR] [--timeout S]
     dspo status [--state-dir DIR] [--json]
     dspo pipeline [--profile P] [--set k=v ...] [--store URI] [--force] [--in-process]
@@ -91,8 +92,8 @@ def _watch_pipeline(parameters: dict, state_dir: str | None, ui: str | None, sto
 
 
 def write_report(store: str | None) -> Path | None:
-    """The latest `eval_report` row as <project>/.dspo/report/v<N>/report.md + grid.png (a file to
-    open, where the store holds a Parquet row); None when the store has no report yet."""
+    """The latest `eval_report` row as <project>/.dspo/report/v<N>/report.md + report.csv + grid.png
+    (files to open, where the store holds a Parquet row); None when the store has no report yet."""
     from pipeline.paths import project_dir, store_uri
     from storage import DatasetStore, decode_image
 
@@ -101,14 +102,16 @@ def write_report(store: str | None) -> Path | None:
         if not opened.versions("eval_report"):
             return None
         ref = opened.resolve("eval_report@latest")
-        row = opened.read_arrow(ref, columns=["markdown", "grid"]).slice(0, 1).to_pylist()[0]
+        row = opened.read_arrow(ref, columns=["markdown", "csv", "methods", "grid"]).slice(0, 1).to_pylist()[0]
         folder = project_dir() / ".dspo" / "report" / f"v{ref.rpartition('@v')[2]}"
         folder.mkdir(parents=True, exist_ok=True)
         markdown = f"# {ref}\n\n{row['markdown']}\n"
         if row["grid"]:
             decode_image(row["grid"]).save(folder / "grid.png")
-            markdown += "\n![LQ | base | tuned | HR](grid.png)\n"
+            columns = ["LQ", *(method["name"] for method in json.loads(row["methods"])), "HR"]
+            markdown += f"\n![{' | '.join(columns)}](grid.png)\n"
         (folder / "report.md").write_text(markdown)
+        (folder / "report.csv").write_text(row["csv"])
         return folder / "report.md"
     finally:
         opened.close()
@@ -138,7 +141,21 @@ def up_command(
                                                             "0: any free port).")] = None,
     state_dir: StateDirOption = None,
     limit: Annotated[int, typer.Option("--limit", min=2, help="Concurrent flow runs of the worker (the parent "
-                                                              "holds one while a stage runs).")] = 4,
+                                                              "holds one while its stages run; sample and segment "
+                                                              "run at once from 3).")] = 4,
+    gpus: Annotated[str | None, typer.Option(
+        "--gpus", metavar="N|auto", envvar="DSPO_GPUS", show_default=False,
+        help="GPU workers of the dspo-gpu pool, one per GPU (CUDA_VISIBLE_DEVICES=<i> each). Default: auto, one "
+             "per visible GPU ($CUDA_VISIBLE_DEVICES, else nvidia-smi -L); 0 or none visible: one CPU worker "
+             "serves the GPU stages. Also $DSPO_GPUS.")] = None,
+    remote_gpu_workers: Annotated[bool, typer.Option(
+        "--remote-gpu-workers", help="Start no dspo-gpu worker here: GPU stage runs go to workers on other "
+                                     "machines (README: several machines).")] = False,
+    database: Annotated[str | None, typer.Option(
+        "--database", metavar="URL", envvar="DSPO_DATABASE_URL", show_default=False,
+        help="PostgreSQL for the Prefect server (postgresql://user:password@host:port/db); prefer "
+             "$DSPO_DATABASE_URL, which keeps the password off the command line. Default: SQLite in the "
+             "state folder.")] = None,
     redeploy: Annotated[bool, typer.Option("--redeploy", help="Deploy prefect.yaml even if unchanged.")] = False,
     run: Annotated[bool, typer.Option("--run", help="Then run the pipeline deployment and watch it "
                                                     "(as `dspo pipeline`).")] = False,
@@ -147,14 +164,18 @@ def up_command(
     force: ForceOption = False,
     store: StoreOption = None,
 ) -> None:
-    """Start (or reuse) a local Prefect server, the dspo-local work pool, the deployments of prefect.yaml
-    and a process worker, all bound to 127.0.0.1; print where the UI is."""
+    """Start (or reuse) a local Prefect server, the dspo-local and dspo-gpu work pools, the deployments of
+    prefect.yaml and their process workers (one per GPU for dspo-gpu), all bound to 127.0.0.1; print where
+    the UI is."""
     from flows import stack
+    from flows.database import DatabaseError
+    from flows.gpu_pools import GpuLayoutError, parse_gpus
 
     parameters = _pipeline_parameters(profile, overrides, store, force) if run else None
     try:
-        info = stack.up(state_dir, port=port, limit=limit, redeploy=redeploy, say=console().print)
-    except stack.StackError as exc:
+        info = stack.up(state_dir, port=port, limit=limit, redeploy=redeploy, say=_say, gpus=parse_gpus(gpus),
+                        remote_gpu_workers=remote_gpu_workers, database=database)
+    except (stack.StackError, DatabaseError, GpuLayoutError) as exc:
         _fail(exc)
     for line in stack.info_lines(info):
         console().print(line, soft_wrap=True, highlight=False)
@@ -196,10 +217,14 @@ def status_command(
                   soft_wrap=True, highlight=False)
         if report["healthy"]:
             out.print(f"{'Prefect UI:':<13}{report['ui_url']}", soft_wrap=True, highlight=False)
-            out.print(f"{'work pool:':<13}dspo-local ({report['work_pool'] or 'missing'})", highlight=False)
+            for pool, pool_status in report["work_pools"].items():
+                out.print(f"{'work pool:':<13}{pool} ({pool_status or 'missing'})", highlight=False)
+            out.print(f"{'database:':<13}{report['database']}", soft_wrap=True, highlight=False, markup=False)
+            if report["gpu_note"]:
+                out.print(f"{'GPUs:':<13}{report['gpu_note']}", soft_wrap=True, highlight=False, markup=False)
             out.print(f"{'deployments:':<13}{', '.join(report['deployments']) or 'none'}", soft_wrap=True,
                       highlight=False)
-    if not (report["healthy"] and report["processes"]["worker"]["running"]):
+    if not (report["healthy"] and all(process["running"] for process in report["processes"].values())):
         raise typer.Exit(1)
 
 

@@ -27,7 +27,6 @@ from pipeline.paths import store_uri
 FLOW_PREFIX = "dspo-"
 PARENT_FLOW = "dspo"
 PARENT_DEPLOYMENT = "full-pipeline"
-STAGE_DEPLOYMENT = "stage"
 WORK_POOL = "dspo-local"
 
 
@@ -88,8 +87,10 @@ def flow_name(stage: str) -> str:
 
 
 def stage_deployment(stage: str) -> str:
-    """`prefect deployment run` name of a stage's deployment: dspo-<stage>/stage."""
-    return f"{flow_name(stage)}/{STAGE_DEPLOYMENT}"
+    """`prefect deployment run` name of a stage's deployment: dspo-<stage>/<stage>, e.g.
+    dspo-segment/segment (flow `dspo-segment`, deployment `segment`; until Dec 2026 every stage
+    deployment was named `stage`)."""
+    return f"{flow_name(stage)}/{stage}"
 
 
 def run_name(label: str, profile: str) -> str:

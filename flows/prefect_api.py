@@ -1,5 +1,5 @@
 """The stack's Prefect server as seen from outside: its address, whether a port can take it, and
-the few REST calls the stack needs (health, the work pool, the deployments).
+the few REST calls the stack needs (health, the work pools and their workers, the deployments).
 
 Plain HTTP (urllib), no Prefect import: `dspo up/down/status` stay fast.
 """
@@ -70,15 +70,24 @@ def healthy(port: int) -> bool:
     return status == 200
 
 
-def work_pool(port: int) -> tuple[int, object]:
-    """(HTTP status, record) of the stack's work pool; 404 when it does not exist."""
-    return http("GET", f"{api_url(port)}/work_pools/{WORK_POOL}")
+def work_pool(port: int, name: str = WORK_POOL) -> tuple[int, object]:
+    """(HTTP status, record) of a work pool of the stack (default: the local one); 404 when it does
+    not exist, 0 when the server does not answer within 15 s."""
+    return http("GET", f"{api_url(port)}/work_pools/{name}", timeout=15)
 
 
-def work_pool_status(port: int) -> str | None:
-    """The work pool's status ("READY" once a worker polls it), or None when it cannot be read."""
-    status, pool = work_pool(port)
+def work_pool_status(port: int, name: str = WORK_POOL) -> str | None:
+    """A work pool's status ("READY" once a worker polls it), or None when it cannot be read."""
+    status, pool = work_pool(port, name)
     return pool.get("status") if status == 200 and isinstance(pool, dict) else None
+
+
+def online_workers(port: int, name: str) -> set[str]:
+    """Names of the workers polling work pool `name` now (status ONLINE); empty when it cannot be read."""
+    status, workers = http("POST", f"{api_url(port)}/work_pools/{name}/workers/filter", {"limit": 200})
+    if status != 200 or not isinstance(workers, list):
+        return set()
+    return {worker["name"] for worker in workers if worker.get("status") == "ONLINE"}
 
 
 def deployed_names(port: int) -> list[str]:

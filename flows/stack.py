@@ -3,19 +3,24 @@
 `dspo up` starts, in the state folder (flows/stack_state.py):
 
     prefect server start --host 127.0.0.1 --port PORT --analytics-off
-        PREFECT_HOME=<state>/prefect, SQLite at <state>/prefect.db, log logs/server.log
-    the process work pool `dspo-local` (created if missing)
+        PREFECT_HOME=<state>/prefect, log logs/server.log; database SQLite at <state>/prefect.db,
+        or PostgreSQL with --database / $DSPO_DATABASE_URL (flows/database.py)
+    the process work pools `dspo-local` and `dspo-gpu` (created if missing)
     prefect --no-prompt deploy --all      (prefect.yaml; DSPO_PROJECT_DIR=<project>, log logs/deploy.log)
     prefect worker start --pool dspo-local --limit 4     (project venv interpreter, log logs/worker.log)
+    prefect worker start --pool dspo-gpu --limit 1       one per GPU, CUDA_VISIBLE_DEVICES=<i>
+                                                         (logs/gpu-worker-<i>.log; flows/gpu_pools.py)
 
-`dspo up` is idempotent: a healthy server and live worker are reused. It redeploys only when
-prefect.yaml or flows/*.py changed since the last deploy, and restarts the worker when the
-environment it would pass on (DSPO_*, AWS_* variables) changed. A lock file serialises
-concurrent `dspo up` / `dspo down`; `dspo down` stops exactly the processes `dspo up` started.
+`dspo up` is idempotent: a healthy server on the same database and live workers are reused. It
+redeploys only when prefect.yaml or flows/*.py changed since the last deploy, and restarts a
+worker when the environment it would pass on (DSPO_*, AWS_* variables), its limit or its GPU
+changed. A lock file serialises concurrent `dspo up` / `dspo down`; `dspo down` stops exactly
+the processes `dspo up` started.
 
 This module decides what to start, reuse or stop. The pieces it uses: flows/supervisor.py
 (processes and pid files), flows/prefect_api.py (the server over HTTP, the port probe),
 flows/environment.py (interpreter and variables), flows/stack_state.py (the state folder),
+flows/gpu_pools.py and flows/workers.py (which workers, and running them), flows/database.py,
 flows/pipeline_run.py (a pipeline run: created over the API, explained when it fails).
 No Prefect import: it talks to the server over HTTP and runs Prefect's CLI.
 """
@@ -27,20 +32,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.common import PARENT_DEPLOYMENT, PARENT_FLOW, WORK_POOL
-from flows.environment import interpreter, passed_on_digest, stack_env
+from flows import database as databases
+from flows.common import PARENT_DEPLOYMENT, PARENT_FLOW
+from flows.database import Database
+from flows.environment import interpreter, server_env, stack_env
+from flows.gpu_pools import GPU_POOL, LOCAL_POOL, POOLS, worker_layout
 from flows.prefect_api import (
-    HOST, api_url, deployed_names, free_port, healthy, port_free, ui_url, work_pool, work_pool_status,
+    HOST, api_url, deployed_names, free_port, healthy, http, port_free, ui_url, work_pool, work_pool_status,
 )
 from flows.pipeline_run import FlowRunRef, RunError, create_run, failure
 from flows.stack_state import Paths, load_state, locked, save_state, state_dir
 from flows.supervisor import Say, is_ours, read_pidfile, spawn, stop, tail, wait_for
+from flows.workers import WorkerStartError, run_workers, worker_names
 from pipeline.config import load_config
 from pipeline.paths import project_dir
 
 DEFAULT_PORT = 4200
 WORKER_LIMIT = 4
-PROCESSES = ("worker", "server")   # stop order
 
 
 class StackError(RuntimeError):
@@ -59,6 +67,9 @@ class StackInfo:
     worker_pid: int | None
     deployments: list[str]
     reused: bool
+    database: str = ""
+    workers: dict[str, int] | None = None   # pid of each worker by name (worker, gpu-worker-0, ...)
+    gpu_note: str = ""                       # how the GPU pool is served here (flows/gpu_pools.py)
 
 
 def source_project() -> Path:
@@ -71,7 +82,7 @@ def expected_deployments(project: Path) -> list[str]:
 
     Read from the file rather than from `pipeline.stages`, whose import (torch, diffusers, peft)
     would add ~10 s to every `dspo up`; tests/test_flows.py checks that prefect.yaml has the
-    pipeline and one `stage` deployment per stage. A flow's name is its entrypoint function's
+    pipeline and one deployment per stage, named after it (`dspo-segment/segment`). A flow's name is its entrypoint function's
     with dashes (`flows/stage_flows.py:dspo_degrade` -> `dspo-degrade`), as flows/ names them.
     """
     import yaml
@@ -107,40 +118,54 @@ def prefect_cli(args: list[str], env: dict, paths: Paths, project: Path, log_nam
 
 # ----------------------------------------------------------------------------- up
 def up(state: str | None = None, port: int | None = None, limit: int = WORKER_LIMIT, timeout: float = 120,
-       redeploy: bool = False, say: Say = print) -> StackInfo:
-    """Start (or reuse) server, work pool, deployments and worker; see the module docstring."""
+       redeploy: bool = False, say: Say = print, gpus: int | None = None, remote_gpu_workers: bool = False,
+       database: str | None = None) -> StackInfo:
+    """Start (or reuse) server, work pools, deployments and workers; see the module docstring.
+    `gpus`: GPU workers (None: one per visible GPU; flows/gpu_pools.py); `database`: a PostgreSQL
+    URL for the server (None: SQLite in the state folder)."""
     paths = Paths(state_dir(state))
     project = source_project()
     if not (project / "prefect.yaml").is_file():
         raise StackError(f"no prefect.yaml in {project}: `dspo up` deploys from the project's source folder "
                          "(an editable install, `pip install -e .`)")
+    chosen_database = databases.chosen(database, paths.database)
+    layout = worker_layout(limit, gpus, remote_gpu_workers)
     with locked(paths):
         saved = load_state(paths)
-        server, chosen, reused = _server(paths, project, saved, port, timeout, say)
-        if not reused:  # a new server has none of the old one's deployments or worker
+        server, chosen, reused = _server(paths, project, saved, port, chosen_database, timeout, say)
+        if not reused:  # a new server has none of the old one's deployments or workers
             saved = {}
         env = stack_env(paths, chosen, project)
-        saved.update({"port": chosen, "api_url": api_url(chosen), "ui_url": ui_url(chosen), "project": str(project)})
+        saved.update({"port": chosen, "api_url": api_url(chosen), "ui_url": ui_url(chosen), "project": str(project),
+                      "database": chosen_database.shown, "gpu_note": layout.note})
         save_state(paths, saved)
-        _work_pool(chosen, env, paths, project, say)
+        say(layout.note)
+        _work_pools(chosen, env, paths, project, say)
         _deployments(chosen, env, paths, project, saved, redeploy, say)
-        worker = _worker(chosen, env, paths, project, saved, limit, say)
+        try:
+            workers = run_workers(layout, chosen, env, paths, project, saved, say)
+        except WorkerStartError as exc:
+            raise StackError(str(exc)) from None
         return StackInfo(state_dir=str(paths.root), port=chosen, api_url=api_url(chosen), ui_url=ui_url(chosen),
-                         server_pid=server["pid"], worker_pid=worker["pid"], deployments=deployed_names(chosen),
-                         reused=reused)
+                         server_pid=server["pid"], worker_pid=workers["worker"]["pid"],
+                         deployments=deployed_names(chosen), reused=reused, database=chosen_database.shown,
+                         workers={name: record["pid"] for name, record in workers.items()}, gpu_note=layout.note)
 
 
-def _server(paths: Paths, project: Path, saved: dict, port: int | None, timeout: float,
+def _server(paths: Paths, project: Path, saved: dict, port: int | None, database: Database, timeout: float,
             say: Say) -> tuple[dict, int, bool]:
     """The server's pid record, its port and whether it was reused: the running one when it is
-    ours, healthy and on the asked port, else a new one (the old server and worker stopped)."""
+    ours, healthy, on the asked port and database, else a new one (the old server and workers stopped)."""
     server = read_pidfile(paths.pidfile("server"))
-    if is_ours(server) and saved.get("port") and (port in (None, 0, saved["port"])) and healthy(saved["port"]):
-        say(f"server: reusing pid {server['pid']} on port {saved['port']}")
+    same_database = saved.get("database", databases.sqlite(paths.database).shown) == database.shown
+    if (is_ours(server) and saved.get("port") and (port in (None, 0, saved["port"])) and same_database
+            and healthy(saved["port"])):
+        say(f"server: reusing pid {server['pid']} on port {saved['port']} ({database.shown})")
         return server, saved["port"], True
     if is_ours(server):
-        say("server: running but not healthy or on another port; restarting it")
-        stop("worker", paths, 10, say)
+        say("server: running but not healthy, or on another port or database; restarting it")
+        for name in worker_names(paths):
+            stop(name, paths, 10, say)
         stop("server", paths, 10, say)
     chosen = (saved.get("port") if port is None else port) or DEFAULT_PORT
     if port == 0:
@@ -149,9 +174,10 @@ def _server(paths: Paths, project: Path, saved: dict, port: int | None, timeout:
         raise StackError(f"port {chosen} on {HOST} is taken by another program; pass --port N (0: any free port)")
     paths.home.mkdir(parents=True, exist_ok=True)
     server = spawn("server", [interpreter(project), "-m", "prefect", "server", "start", "--host", HOST,
-                              "--port", str(chosen), "--analytics-off"], stack_env(paths, chosen, project), paths,
-                   project)
-    say(f"server: started pid {server['pid']} on port {chosen}; waiting for {api_url(chosen)}/health")
+                              "--port", str(chosen), "--analytics-off"],
+                   server_env(paths, chosen, project, database), paths, project)
+    say(f"server: started pid {server['pid']} on port {chosen} ({database.shown}); waiting for "
+        f"{api_url(chosen)}/health")
     if not wait_for(lambda: healthy(chosen) or not is_ours(server), timeout) or not healthy(chosen):
         alive = is_ours(server)
         stop("server", paths, 10, say)
@@ -160,18 +186,36 @@ def _server(paths: Paths, project: Path, saved: dict, port: int | None, timeout:
     return server, chosen, False
 
 
-def _work_pool(port: int, env: dict, paths: Paths, project: Path, say: Say) -> None:
-    """Create the process work pool unless the server has it."""
-    status, _ = work_pool(port)
-    if status == 404:
-        result = prefect_cli(["--no-prompt", "work-pool", "create", WORK_POOL, "--type", "process"], env, paths,
-                             project, "deploy", timeout=120)
-        if result.returncode != 0:
-            raise StackError(f"could not create work pool {WORK_POOL}; see {paths.log('deploy')}:\n"
-                             f"{tail(paths.log('deploy'))}")
-        say(f"work pool: created {WORK_POOL} (process)")
-    elif status != 200:
-        raise StackError(f"cannot read work pool {WORK_POOL} from {api_url(port)} (HTTP {status})")
+def _work_pools(port: int, env: dict, paths: Paths, project: Path, say: Say) -> None:
+    """Create the process work pools (local, GPU) the server does not have. The first is made by
+    `prefect work-pool create`, which fills in the process worker's job template; a second is
+    copied from a pool that has it, over the API (one Prefect CLI start less)."""
+    template = None
+    for pool in POOLS:
+        status, record = work_pool(port, pool)
+        if status == 200 and isinstance(record, dict) and record.get("type") == "process":
+            template = template or record.get("base_job_template") or None
+        elif status != 404:
+            answer = f"HTTP {status}" if status else "no answer within 15s"
+            raise StackError(f"cannot read work pool {pool} from {api_url(port)} ({answer}); see "
+                             f"{paths.log('server')}:\n{tail(paths.log('server'))}")
+    for pool in POOLS:
+        if work_pool(port, pool)[0] != 404:
+            continue
+        if template:
+            status, record = http("POST", f"{api_url(port)}/work_pools/", {
+                "name": pool, "type": "process", "base_job_template": template}, timeout=30)
+            if status not in (200, 201):
+                raise StackError(f"could not create work pool {pool} on {api_url(port)}: HTTP {status}: {record}")
+        else:
+            result = prefect_cli(["--no-prompt", "work-pool", "create", pool, "--type", "process"], env, paths,
+                                 project, "deploy", timeout=120)
+            if result.returncode != 0:
+                raise StackError(f"could not create work pool {pool}; see {paths.log('deploy')}:\n"
+                                 f"{tail(paths.log('deploy'))}")
+            created = work_pool(port, pool)[1]
+            template = (created.get("base_job_template") if isinstance(created, dict) else None) or None
+        say(f"work pool: created {pool} (process)")
 
 
 def _deployments(port: int, env: dict, paths: Paths, project: Path, saved: dict, redeploy: bool, say: Say) -> None:
@@ -196,49 +240,27 @@ def _deployments(port: int, env: dict, paths: Paths, project: Path, saved: dict,
     save_state(paths, saved)
 
 
-def _worker(port: int, env: dict, paths: Paths, project: Path, saved: dict, limit: int, say: Say) -> dict:
-    """The worker's pid record: the running one when its environment and limit are unchanged,
-    else a new one, once its work pool is READY."""
-    worker = read_pidfile(paths.pidfile("worker"))
-    if is_ours(worker) and saved.get("worker_env") == passed_on_digest() and saved.get("worker_limit") == limit:
-        say(f"worker: reusing pid {worker['pid']}")
-        return worker
-    if is_ours(worker):
-        say("worker: environment or limit changed; restarting it")
-        stop("worker", paths, 15, say)
-    worker = spawn("worker", [interpreter(project), "-m", "prefect", "worker", "start", "--pool", WORK_POOL,
-                              "--limit", str(limit), "--type", "process"], env, paths, project)
-    saved.update({"worker_env": passed_on_digest(), "worker_limit": limit})
-    save_state(paths, saved)
-    say(f"worker: started pid {worker['pid']} (pool {WORK_POOL}, limit {limit})")
-    ready = wait_for(lambda: work_pool_status(port) == "READY" or not is_ours(worker), 60, 0.5)
-    if not is_ours(worker) or not ready:
-        alive = is_ours(worker)
-        stop("worker", paths, 10, say)
-        raise StackError(f"the worker {'did not come online within 60s' if alive else 'exited'}; last lines of "
-                         f"{paths.log('worker')}:\n{tail(paths.log('worker'))}")
-    return worker
-
-
 # ----------------------------------------------------------------------------- down / status / run
 def down(state: str | None = None, timeout: float = 15, say: Say = print) -> list[str]:
-    """Stop the worker, then the server, that `dspo up` started from this state folder; returns
-    the names of those that were running."""
+    """Stop the workers (GPU pool's, local), then the server, that `dspo up` started from this
+    state folder; returns the names of those that were running."""
     paths = Paths(state_dir(state))
     if not paths.root.exists():
         return []
     with locked(paths):
-        return [name for name in PROCESSES if stop(name, paths, timeout, say)]
+        return [name for name in [*worker_names(paths), "server"] if stop(name, paths, timeout, say)]
 
 
 def status(state: str | None = None) -> dict:
-    """What runs from this state folder: processes, API health, UI URL, deployments."""
+    """What runs from this state folder: processes (server, each worker), API health, UI URL, the
+    database (credentials removed), each work pool's status, deployments, how the GPU pool is served."""
     paths = Paths(state_dir(state))
     saved = load_state(paths)
     report = {"state_dir": str(paths.root), "port": saved.get("port"), "ui_url": saved.get("ui_url"),
-              "api_url": saved.get("api_url"), "processes": {}, "healthy": False, "deployments": [],
-              "work_pool": None}
-    for name in PROCESSES:
+              "api_url": saved.get("api_url"), "database": saved.get("database"), "processes": {},
+              "healthy": False, "deployments": [], "work_pool": None, "work_pools": {},
+              "gpu_note": saved.get("gpu_note")}
+    for name in ["server", *sorted(set(worker_names(paths)) | set(saved.get("workers") or {}))]:
         record = read_pidfile(paths.pidfile(name))
         report["processes"][name] = {"pid": record["pid"] if record else None, "running": is_ours(record),
                                      "log": str(paths.log(name))}
@@ -246,17 +268,20 @@ def status(state: str | None = None) -> dict:
         report["healthy"] = healthy(saved["port"])
         if report["healthy"]:
             report["deployments"] = deployed_names(saved["port"])
-            report["work_pool"] = work_pool_status(saved["port"])
+            report["work_pools"] = {pool: work_pool_status(saved["port"], pool) for pool in POOLS}
+            report["work_pool"] = report["work_pools"][LOCAL_POOL]
     return report
 
 
 def require_running(state: str | None = None) -> dict:
-    """The status report of a stack whose server is healthy and whose worker runs; StackError otherwise."""
+    """The status report of a stack whose server is healthy and whose workers run; StackError otherwise."""
     report = status(state)
     if not report["healthy"]:
         raise StackError(f"no healthy stack in {report['state_dir']}: run `dspo up` first")
-    if not report["processes"]["worker"]["running"]:
-        raise StackError(f"the worker of the stack in {report['state_dir']} is not running: run `dspo up` again")
+    stopped = [name for name, process in report["processes"].items() if name != "server" and not process["running"]]
+    if stopped:
+        raise StackError(f"the worker(s) {', '.join(stopped)} of the stack in {report['state_dir']} are not "
+                         "running: run `dspo up` again")
     return report
 
 
@@ -308,7 +333,11 @@ def info_lines(info: StackInfo) -> list[str]:
     return [
         f"Prefect UI:   {info.ui_url}",
         f"API:          {info.api_url}",
-        f"work pool:    {WORK_POOL} (process worker pid {info.worker_pid})",
+        f"database:     {info.database}",
+        f"work pools:   {LOCAL_POOL} (process worker pid {info.worker_pid}); {GPU_POOL}: "
+        + (", ".join(f"{name} pid {pid}" for name, pid in (info.workers or {}).items() if name != "worker")
+           or "no worker here"),
+        f"GPUs:         {info.gpu_note}",
         f"deployments:  {len(info.deployments)} ({', '.join(info.deployments)})",
         f"state:        {info.state_dir} (logs in {info.state_dir}/logs)",
         "run it:       dspo pipeline   (or: PREFECT_API_URL=" + info.api_url

@@ -1,10 +1,11 @@
 """The stack's state folder: where it is, what lies in it, and who may change it.
 
-    <state>/prefect/          PREFECT_HOME of the server and worker
-    <state>/prefect.db        the server's SQLite database
-    <state>/logs/<name>.log   output of server, worker and `prefect deploy`
+    <state>/prefect/          PREFECT_HOME of the server and workers
+    <state>/prefect.db        the server's SQLite database (unless it runs on PostgreSQL)
+    <state>/logs/<name>.log   output of server, workers (worker, gpu-worker-<i>) and `prefect deploy`
     <state>/<name>.pid        pid file of a process `dspo up` started (flows/supervisor.py)
-    <state>/stack.json        what `dspo up` last set up: port, URLs, deploy and worker digests
+    <state>/stack.json        what `dspo up` last set up: port, URLs, the database as shown
+                              (no credentials), deploy digest, each worker's record
     <state>/lock              held while `dspo up` / `dspo down` change the stack
 
 The folder is --state-dir, else $DSPO_STATE_DIR, else <project>/.dspo/stack.

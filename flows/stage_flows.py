@@ -4,7 +4,7 @@
                  force=False, allow_empty=False) -> "lq_pairs@v3"
 
 A stage added to STAGES gets its flow here automatically (module attribute `dspo_<stage>`,
-the entrypoint `flows/stage_flows.py:dspo_<stage>` of its `stage` deployment in prefect.yaml).
+the entrypoint `flows/stage_flows.py:dspo_<stage>` of its deployment `dspo-<stage>/<stage>` in prefect.yaml).
 
 What a stage flow does:
   1. loads the profile + dotted overrides, opens the store, builds the `StageJob` (pins the
@@ -47,9 +47,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.clock import StageClock, modules_loaded  # first of ours: it notes when our imports began
 from flows.common import (
     artifact_key,
     dask_address,
@@ -61,9 +63,10 @@ from flows.common import (
     shard_workers,
     task_runner_kind,
 )
+from flows.gpu_pools import dask_gpu_runner_options, visible_gpus
 from pipeline.config import load_config, override_value
 from pipeline.previews import manifest_summary, preview_markdown
-from pipeline.stage import Shard, StageJob
+from pipeline.stage import MODEL_BUILD_SECONDS, Shard, StageJob
 from pipeline.stages import STAGE_SPECS, STAGES
 from storage import DatasetStore, StorageUnavailableError
 from storage.retry import is_transient
@@ -188,15 +191,19 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str], profile
                    force: bool, allow_empty: bool = False) -> str:
     """The body of every stage flow (see the module docstring)."""
     logger = get_run_logger()
-    stage = STAGES[name]
-    parsed = dict(override_value(text) for text in overrides)
-    config = load_config(profile, parsed)
-    uri = resolve_store(store)
-    opened = DatasetStore(uri)
+    clock = StageClock(fresh_process=current_deployment.id is not None)
+    with clock.phase("stage import"):
+        stage = STAGES[name]
+    with clock.phase("job set-up"):
+        parsed = dict(override_value(text) for text in overrides)
+        config = load_config(profile, parsed)
+        uri = resolve_store(store)
+        opened = DatasetStore(uri)
     job_id = f"{current_flow_run.id or 'local'}-{name}-{id(opened)}"
     try:
-        job = StageJob(stage, opened, config, inputs=inputs, force=force, run_id=current_flow_run.id,
-                       allow_empty=allow_empty)
+        with clock.phase("job set-up"):
+            job = StageJob(stage, opened, config, inputs=inputs, force=force, run_id=current_flow_run.id,
+                           allow_empty=allow_empty)
         logger.info("%s: store %s, inputs %s, profile %s, fingerprint %s", name, opened.uri,
                     job.inputs or "none", profile, job.fingerprint[:12])
         computed, compute = 0, 0.0
@@ -206,8 +213,13 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str], profile
         else:
             JOBS[job_id] = job
             context = JobContext(uri, profile, parsed, dict(job.inputs))
-            computed, compute = _map_shards(job_id, name, job, context, logger)
-            publish(job_id, name)
+            builds = MODEL_BUILD_SECONDS.get(name, 0.0)
+            with clock.phase("shards"):
+                computed, compute = _map_shards(job_id, name, job, context, logger)
+            clock.laps["model builds"] = MODEL_BUILD_SECONDS.get(name, 0.0) - builds  # this process's only
+            with clock.phase("publish"):
+                publish(job_id, name)
+        artifacts_started = time.perf_counter()
         result = job.result()
         metadata = opened.manifest(result.ref).get("metadata", {})
         lines = manifest_summary(metadata)
@@ -235,6 +247,12 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str], profile
             preview = None
         if preview:
             create_markdown_artifact(preview, key=artifact_key(name, "preview"), description=f"{name}: {result.ref}")
+        clock.laps["artifacts"] = time.perf_counter() - artifacts_started
+        timing = clock.columns()
+        create_table_artifact([{"stage": name, **timing}], key=artifact_key(name, "timing"),
+                              description=f"{name}: where this run's seconds went (flows/clock.py)")
+        logger.info("%s: %.1fs fixed (%s)", name, timing["s: fixed"],
+                    ", ".join(f"{key[3:]} {value:.1f}s" for key, value in timing.items() if value and key != "s: fixed"))
         logger.info("%s: %s, %d rows, %s", name, result.ref, result.rows,
                     "cache hit" if result.cache_hit else f"{computed}/{result.shards_total} shards computed")
         return result.ref
@@ -243,14 +261,18 @@ def run_stage_flow(name: str, store: str | None, inputs: dict[str, str], profile
         opened.close()
 
 
-def shard_task_runner():
-    """The stage flows' task runner, chosen by the environment at import (see flows.common)."""
+def shard_task_runner(stage: str | None = None):
+    """The stage flows' task runner, chosen by the environment at import (see flows.common). A GPU
+    stage's temporary Dask cluster has one worker per visible GPU, pinned to it (flows/gpu_pools.py)."""
     if task_runner_kind() == "dask":
         from prefect_dask import DaskTaskRunner
 
         address = dask_address()
         if address:
             return DaskTaskRunner(address=address)
+        devices = visible_gpus().devices if stage and STAGE_SPECS[stage].gpu else ()
+        if devices:
+            return DaskTaskRunner(**dask_gpu_runner_options(devices))
         return DaskTaskRunner(cluster_kwargs={"n_workers": shard_workers(), "threads_per_worker": 1,
                                               "processes": True, "host": "127.0.0.1", "dashboard_address": None})
     return ThreadPoolTaskRunner(max_workers=shard_workers())
@@ -309,10 +331,11 @@ def make_stage_flow(name: str):
         """
     stage_flow.__name__ = stage_flow.__qualname__ = f"dspo_{name}"
     stage_flow.__module__ = __name__
-    return flow(name=flow_name(name), task_runner=shard_task_runner(), flow_run_name=run_namer(name),
+    return flow(name=flow_name(name), task_runner=shard_task_runner(name), flow_run_name=run_namer(name),
                 persist_result=True, description=stage.summary)(stage_flow)
 
 
 #: Stage flows by stage name, in pipeline order; also module attributes `dspo_<stage>`.
 STAGE_FLOWS = {name: make_stage_flow(name) for name in STAGE_SPECS}
 globals().update({f"dspo_{name}": stage_flow for name, stage_flow in STAGE_FLOWS.items()})
+modules_loaded()

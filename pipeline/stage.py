@@ -44,6 +44,9 @@ QUARANTINE_KEY = b"dspo_quarantine"
 NOTES_KEY = b"dspo_notes"
 STATS_KEY = b"dspo_stats"
 Model = TypeVar("Model")
+#: Seconds spent building models in this process, by stage (what a stage run's breakdown reports).
+MODEL_BUILD_SECONDS: dict[str, float] = {}
+_BUILD_LOCK = threading.Lock()
 
 
 class StageRefusal(ValueError):
@@ -67,6 +70,8 @@ class StageSpec:
         target: "module:Class" of the Stage subclass.
         optional_inputs: datasets used when the store has them (e.g. human labels), which no
             stage of the DAG produces.
+        gpu: its models run on a GPU when one is visible: its deployment goes to the GPU work
+            pool (flows/gpu_pools.py) and its shards on a Dask cluster get one GPU per worker.
     """
 
     name: str
@@ -74,6 +79,7 @@ class StageSpec:
     inputs: tuple[str, ...]
     target: str
     optional_inputs: tuple[str, ...] = ()
+    gpu: bool = False
 
     @property
     def output(self) -> str:
@@ -161,7 +167,16 @@ class Stage(abc.ABC):
         """A model this shard alone uses until the block ends, from the per-process cache
         (pipeline.stage_models), keyed by this stage, `kind` and `config`."""
         key = config if isinstance(config, str) else config.model_dump_json()
-        return MODELS.borrow((self.name, kind, key), build)
+
+        def timed_build() -> Model:
+            started = time.perf_counter()
+            try:
+                return build()
+            finally:
+                with _BUILD_LOCK:
+                    MODEL_BUILD_SECONDS[self.name] = MODEL_BUILD_SECONDS.get(self.name, 0.0) + time.perf_counter() - started
+
+        return MODELS.borrow((self.name, kind, key), timed_build)
 
     @abc.abstractmethod
     def section(self, config: PipelineConfig) -> Section:

@@ -1,8 +1,9 @@
 """End to end through real Prefect processes, as a user runs them:
 
     dspo up --port 0 --state-dir TMP        server + work pool + `prefect deploy --all` + process worker
-    prefect deployment run dspo/full-pipeline --watch     (test profile, store on moto's S3 server)
-    prefect deployment run dspo-segment/stage --watch     (force: a new `instances` version only)
+    prefect deployment run dspo/full-pipeline --watch     (test profile, store on moto's S3 server;
+                                                           sample and segment run at the same time)
+    prefect deployment run dspo-segment/segment --watch   (force: a new `instances` version only)
     a stage that fails: the parent fails, nothing is published, the stage's run is retried alone
     dspo pipeline with a mistyped profile or key: one error line at once, nothing submitted
     dspo pipeline with a stage that fails: one error line naming the stage's flow run and the reason
@@ -21,6 +22,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ import torch
 from PIL import Image
 
 from flows import environment, prefect_api, stack, stack_state, supervisor
+from flows.dag import upstream
 from pipeline.materialize import preferences_with_images
 from pipeline.stages import STAGES
 from storage import DatasetStore, decode_image
@@ -160,7 +163,7 @@ def lineage_chain(store: DatasetStore, ref: str, names: list[str]) -> list[str]:
 def test_full_pipeline_through_deployments_on_s3(running_stack, s3_server, s3_bucket):
     state, api_url = running_stack.state, running_stack.api_url
     deployments = stack.status(str(state))["deployments"]
-    assert {"dspo/full-pipeline", *(f"dspo-{name}/stage" for name in STAGES)} <= set(deployments)
+    assert {"dspo/full-pipeline", *(f"dspo-{name}/{name}" for name in STAGES)} <= set(deployments)
     deployment = next(item for item in api("POST", f"{api_url}/deployments/filter", {"limit": 200})
                       if item["name"] == "full-pipeline")
     assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory":
@@ -185,6 +188,18 @@ def test_full_pipeline_through_deployments_on_s3(running_stack, s3_server, s3_bu
         assert stage_runs[0]["state_type"] == "COMPLETED", stage_runs[0]["state"]
         assert stage_runs[0]["deployment_id"], f"dspo-{name} did not run from its deployment"
         assert stage_runs[0]["parent_task_run_id"], f"dspo-{name} is not linked to the parent run"
+    # The DAG: sample and segment both need only lq_pairs, so their flow runs overlap in time; every
+    # stage started after the stages whose outputs it reads had ended.
+    span = {name: (datetime.fromisoformat(runs[f"dspo-{name}"][0]["start_time"]),
+                   datetime.fromisoformat(runs[f"dspo-{name}"][0]["end_time"])) for name in STAGES}
+    (sample_start, sample_end), (segment_start, segment_end) = span["sample"], span["segment"]
+    assert sample_start < segment_end and segment_start < sample_end, span
+    for name, needs in upstream().items():
+        assert all(span[need][1] <= span[name][0] for need in needs), (name, span)
+    timing = api("POST", f"{api_url}/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [runs["dspo-degrade"][0]["id"]]}, "key": {"any_": ["dspo-degrade-timing"]}}})
+    row = timing[0]["data"][0] if isinstance(timing[0]["data"], list) else json.loads(timing[0]["data"])[0]
+    assert row["s: process start"] > 0 and row["s: flow imports"] > 0 and row["s: shards"] > 0, row
 
     assert store.versions("preferences") == [1]
     first = next(preferences_with_images(store, "preferences@v1", batch_size=8))
@@ -197,7 +212,7 @@ def test_full_pipeline_through_deployments_on_s3(running_stack, s3_server, s3_bu
 
     # One stage alone, forced: a new `instances` version, nothing else changes.
     before = {name: store.versions(name) for name in store.datasets()}
-    result = running_stack.deploy_run("dspo-segment/stage", {
+    result = running_stack.deploy_run("dspo-segment/segment", {
         "store": store_uri, "profile": "test", "force": True, "lq_pairs": "lq_pairs@v1"}, timeout=600)
     assert result.returncode == 0, explain(result, state)
     after = {name: store.versions(name) for name in store.datasets()}
@@ -299,7 +314,7 @@ def test_dspo_pipeline_names_the_failed_stage(running_stack, s3_server, s3_bucke
 
 
 def test_the_ui_run_form_has_a_field_per_input(running_stack):
-    """The custom-run page of `dspo-score/stage` in the real Prefect UI (headless Chromium): one
+    """The custom-run page of `dspo-score/score` in the real Prefect UI (headless Chromium): one
     text field per dataset the stage reads, overrides as lines, each with its description."""
     from playwright.sync_api import sync_playwright
 

@@ -14,21 +14,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter,
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
 from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from flows import parent as parent_module
-from flows.common import WORK_POOL, artifact_key
+from flows.common import artifact_key, stage_deployment
+from flows.dag import upstream
+from flows.gpu_pools import POOLS
 from flows.stage_flows import STAGE_FLOWS, is_transient_storage_error
 from pipeline.stages import STAGE_SPECS, STAGES
 from pipeline.stages.degrade import DegradeStage
-from storage import DatasetStore, StorageUnavailableError, StoragePermissionError
+from storage import DatasetStore, StoragePermissionError, StorageUnavailableError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,6 +100,7 @@ def test_one_flow_per_stage_named_after_it():
         for field, schema in stage_flow.parameters.properties.items():  # a form a person can fill
             assert schema.get("description") and "anyOf" not in schema, (name, field, schema)
     assert parent_module.dspo.name == "dspo"
+    assert [stage_deployment(name) for name in ("segment", "score")] == ["dspo-segment/segment", "dspo-score/score"]
 
 
 def test_prefect_yaml_deploys_every_stage_without_a_machine_path():
@@ -105,15 +111,15 @@ def test_prefect_yaml_deploys_every_stage_without_a_machine_path():
     assert str(ROOT) not in text
     deployments = {(d["entrypoint"], d["name"]) for d in config["deployments"]}
     expected = {("flows/parent.py:dspo", "full-pipeline")} | {
-        (f"flows/stage_flows.py:dspo_{name}", "stage") for name in STAGES}
-    assert deployments == expected, ("prefect.yaml must have exactly one `stage` deployment per stage in "
+        (f"flows/stage_flows.py:dspo_{name}", name) for name in STAGES}
+    assert deployments == expected, ("prefect.yaml must have exactly one deployment named after each stage in "
                                      f"pipeline.stages.STAGES; missing {sorted(expected - deployments)}, "
                                      f"extra {sorted(deployments - expected)}")
     for deployment in config["deployments"]:
         stage = deployment["entrypoint"].rpartition("dspo_")[2] if "stage_flows" in deployment["entrypoint"] else None
         if stage:  # the description users read in the UI is the stage's declaration, word for word
             assert deployment["description"] == STAGE_SPECS[stage].summary, stage
-        assert deployment["work_pool"]["name"] == WORK_POOL
+        assert deployment["work_pool"]["name"] in POOLS  # which pool: tests/test_gpu_pools.py
         assert deployment["parameters"]["profile"] == "demo"
         assert "store" not in deployment["parameters"]  # resolved on the worker: $DSPO_STORE or the project's
 
@@ -126,6 +132,66 @@ def test_entrypoints_load(monkeypatch):
         loaded = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
         name = deployment["entrypoint"].rsplit("dspo_", 1)[-1] if "stage_flows" in deployment["entrypoint"] else None
         assert loaded.name == (f"dspo-{name}" if name else "dspo")
+
+
+def test_stage_dependencies_come_from_the_declared_inputs():
+    needs = upstream()
+    assert list(needs) == list(STAGES)
+    assert needs["ingest"] == () and needs["degrade"] == ("ingest",)
+    assert needs["sample"] == needs["segment"] == ("degrade",)   # both read only lq_pairs
+    assert needs["score"] == ("degrade", "sample", "segment")
+    assert needs["rank"] == ("sample", "segment", "score")[1:]    # human_labels: produced by no stage
+    assert needs["evaluate"] == ("degrade", "train")
+    for name, producers in needs.items():  # exactly the stages publishing what it requires
+        wanted = set(STAGE_SPECS[name].inputs)
+        assert {dataset for producer in producers for dataset in STAGE_SPECS[producer].outputs} >= wanted
+        assert all(set(STAGE_SPECS[producer].outputs) & wanted for producer in producers)
+    from pipeline.stage import StageSpec
+
+    made_up = (StageSpec("b", ("y",), ("x",), "m:B"), StageSpec("a", ("x",), (), "m:A"),
+               StageSpec("c", ("z",), ("x", "y"), "m:C", optional_inputs=("w",)))
+    assert upstream(made_up, ("a", "b", "c")) == {"a": (), "b": ("a",), "c": ("a", "b")}
+
+
+def _thread_dag(needs, work):
+    """run_dag over a thread pool: `work(name, produced)` is each stage's body."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from flows.dag import run_dag
+
+    with ThreadPoolExecutor(max_workers=len(needs)) as pool:
+        def next_done(running):
+            future = next(iter(wait(running, return_when=FIRST_COMPLETED).done))
+            error = future.exception()
+            return future, None if error else future.result(), f"stage {error}" if error else None
+
+        return run_dag(needs, lambda name, produced: pool.submit(work, name, produced), next_done)
+
+
+def test_dag_runs_independent_stages_at_once_and_skips_what_needs_a_failed_one():
+    needs = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c"), "e": ("d",), "f": ("c",)}
+    both = threading.Barrier(2, timeout=10)  # b and c each wait for the other: only together can they pass
+
+    def work(name, produced):
+        if name in ("b", "c"):
+            both.wait()
+        return f"{name}<-{','.join(sorted(produced.values()))}"
+
+    run = _thread_dag(needs, work)
+    assert run.failed == {} and run.skipped == {} and run.failure() is None
+    assert run.results["d"] == "d<-b<-a<-,c<-a<-" and run.results["f"] == "f<-c<-a<-"
+    assert run.started[0] == "a" and set(run.started[1:3]) == {"b", "c"}
+
+    def failing(name, produced):
+        if name == "b":
+            raise RuntimeError("b: injected")
+        return work(name, produced) if name not in ("b", "c") else name
+
+    both.reset()
+    run = _thread_dag(needs, failing)
+    assert set(run.results) == {"a", "c", "f"}   # the branch that does not need b goes on
+    assert run.failed == {"b": "stage b: injected"} and run.skipped == {"d": ("b",), "e": ("d",)}
+    assert run.failure() == "stage b: injected; not run, as they need a failed stage's output: d (needs b), e (needs d)"
 
 
 def test_retry_condition_only_transient_storage_errors():
@@ -154,6 +220,11 @@ def test_ingest_and_degrade_publish_and_record_artifacts(chain, store_uri):
     assert row["cache hit"] is False and row["shards computed"] == row["shards total"] >= 2
     assert row["quarantined"] == 0 and row["seconds"] > 0
     assert artifacts["dspo-degrade-progress"].data == 100.0
+    timing = table_row(artifacts["dspo-degrade-timing"])  # where the run's seconds went (flows/clock.py)
+    assert timing["s: shards"] > 0 and timing["s: job set-up"] > 0 and timing["s: publish"] > 0
+    assert timing["s: process start"] == 0  # a flow called in this process: no process of its own to start
+    assert timing["s: fixed"] == pytest.approx(sum(timing[f"s: {name}"] for name in (
+        "job set-up", "publish", "artifacts")), abs=0.02)
     assert artifacts["dspo-degrade-preview"].data.count("data:image/png;base64,") >= 4
     assert len(artifacts["dspo-degrade-preview"].data) < 100_000
     assert "dspo-ingest-result" in artifacts_of(flow_run_id(chain["ingest"]))
@@ -243,11 +314,19 @@ def test_parent_runs_every_stage_as_subflows(chain, store_uri):
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id(state)])))
-        names = sorted(client.read_flow(run.flow_id).name for run in children)
-    assert names == sorted(f"dspo-{name}" for name in STAGES)
+        runs = {client.read_flow(run.flow_id).name.removeprefix("dspo-"): run for run in children}
+    assert sorted(runs) == sorted(STAGES) and len(children) == len(STAGES)
     assert all(run.state.is_completed() for run in children)
-    summary = artifacts_of(flow_run_id(state))["dspo-pipeline-summary"]
-    assert [row["ref"] for row in json.loads(summary.data)] == list(outputs.values())
+    # The DAG: sample and segment both need only lq_pairs, so they ran at the same time; every
+    # stage started after the stages it reads from had ended.
+    sample, segment = runs["sample"], runs["segment"]
+    assert sample.start_time < segment.end_time and segment.start_time < sample.end_time, (
+        sample.start_time, sample.end_time, segment.start_time, segment.end_time)
+    for name, needs in upstream().items():
+        assert all(runs[need].end_time <= runs[name].start_time for need in needs), name
+    summary = json.loads(artifacts_of(flow_run_id(state))["dspo-pipeline-summary"].data)
+    assert [row["ref"] for row in summary] == list(outputs.values())
+    assert {row["stage"]: row["after"] for row in summary}["score"] == "degrade, sample, segment"
 
 
 def test_child_ref_falls_back_to_the_result_artifact(chain):
@@ -288,7 +367,11 @@ def test_retried_parent_skips_completed_stages(harness, monkeypatch):
     retrying = parent_module.dspo.with_options(retries=1, retry_delay_seconds=0)
     state = retrying(store="memory://retry-test", profile="test", mode="deployments", return_state=True)
     assert state.is_completed(), state.message
-    assert launched == ["ingest", "degrade", "sample", "sample", *list(STAGES)[3:]]
+    # First attempt: sample fails, segment (started with it) completes, nothing after them starts.
+    # The retry launches sample again and what follows, not ingest, degrade or segment.
+    assert launched[:2] == ["ingest", "degrade"] and sorted(launched[2:4]) == ["sample", "segment"]
+    assert launched[4:] == ["sample", *[name for name in STAGES if name not in ("ingest", "degrade", "sample",
+                                                                               "segment")]]
     assert state.result()["preferences"] == "preferences@v1"
 
 
@@ -303,6 +386,8 @@ def test_failed_child_fails_the_parent(harness, monkeypatch):
     state = parent_module.dspo(store="memory://fail-test", profile="test", mode="deployments", return_state=True)
     assert state.is_failed()
     assert "stage degrade" in state.message and "CRASHED" in state.message
+    assert "not run, as they need a failed stage's output: sample (needs degrade), segment (needs degrade)" \
+        in state.message
 
 
 def test_concurrent_shards_match_serial_shards(chain, store_uri):

@@ -83,3 +83,35 @@ def test_state_survives_a_round_trip_under_the_lock(tmp_path):
     with locked(paths):
         save_state(paths, {"port": 4321})
     assert load_state(paths) == {"port": 4321}
+
+
+def test_a_postgresql_url_reaches_the_server_alone_and_is_shown_without_its_password(tmp_path, monkeypatch):
+    from flows import database, environment
+
+    chosen = database.chosen("postgresql://prefect:s3cr3t-pw@db.example.org:5433/prefect", tmp_path / "x.db")
+    assert chosen.connection_url == "postgresql+asyncpg://prefect:s3cr3t-pw@db.example.org:5433/prefect"
+    assert chosen.shown == "postgresql://***@db.example.org:5433/prefect" and "s3cr3t" not in repr(chosen)
+    assert database.chosen(" ", tmp_path / "x.db").connection_url == f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    for url, message in [("mysql://u:s3cr3t-pw@h/db", "expected postgresql://"),
+                         ("postgresql://u:s3cr3t-pw@h", "name the host and the database"),
+                         ("postgresql://u:s3cr3t-pw@h:port/db", "not a URL")]:
+        with pytest.raises(database.DatabaseError, match=message) as caught:
+            database.postgresql(url)
+        assert "s3cr3t" not in str(caught.value)
+
+    monkeypatch.setenv("DSPO_DATABASE_URL", "postgresql://prefect:s3cr3t-pw@db.example.org/prefect")
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "sqlite+aiosqlite:///elsewhere.db")
+    paths = Paths(tmp_path / "stack")
+    digest = environment.passed_on_digest()
+    worker_env = environment.stack_env(paths, 4300, tmp_path)
+    assert "DSPO_DATABASE_URL" not in worker_env and "PREFECT_API_DATABASE_CONNECTION_URL" not in worker_env
+    server_env = environment.server_env(paths, 4300, tmp_path, chosen)
+    assert server_env["PREFECT_API_DATABASE_CONNECTION_URL"] == chosen.connection_url
+    assert {key: value for key, value in server_env.items() if key != "PREFECT_API_DATABASE_CONNECTION_URL"} == \
+        {**worker_env, **environment.POSTGRES_TIMEOUTS}
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT", "7")  # the caller's choice stays
+    assert environment.server_env(paths, 4300, tmp_path, chosen)["PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT"] == "7"
+    sqlite_env = environment.server_env(paths, 4300, tmp_path, database.sqlite(paths.database))
+    assert sqlite_env["PREFECT_API_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{paths.database}"
+    monkeypatch.setenv("DSPO_DATABASE_URL", "postgresql://prefect:other@db.example.org/prefect")
+    assert environment.passed_on_digest() == digest, "a new database password restarts no worker"

@@ -21,18 +21,18 @@ from pipeline.stage import Stage, StageSpec
 DECLARED = (
     StageSpec("ingest", ("hr_images",), (), "pipeline.stages.ingest:IngestStage"),
     StageSpec("degrade", ("lq_pairs",), ("hr_images",), "pipeline.stages.degrade:DegradeStage"),
-    StageSpec("sample", ("sr_candidates",), ("lq_pairs",), "pipeline.stages.sample:SampleStage"),
-    StageSpec("segment", ("instances",), ("lq_pairs",), "pipeline.stages.segment:SegmentStage"),
+    StageSpec("sample", ("sr_candidates",), ("lq_pairs",), "pipeline.stages.sample:SampleStage", gpu=True),
+    StageSpec("segment", ("instances",), ("lq_pairs",), "pipeline.stages.segment:SegmentStage", gpu=True),
     StageSpec("score", ("instance_scores",), ("lq_pairs", "sr_candidates", "instances"),
-              "pipeline.stages.score:ScoreStage"),
+              "pipeline.stages.score:ScoreStage", gpu=True),
     StageSpec("rank", ("pairs",), ("instance_scores", "instances"), "pipeline.stages.rank:RankStage",
               optional_inputs=("human_labels",)),
     StageSpec("caption", ("preferences",), ("pairs", "instance_scores", "sr_candidates", "lq_pairs", "instances"),
               "pipeline.stages.caption:CaptionStage"),
     StageSpec("train", ("checkpoints", "train_metrics"), ("preferences", "sr_candidates", "lq_pairs"),
-              "pipeline.stages.train:TrainStage"),
+              "pipeline.stages.train:TrainStage", gpu=True),
     StageSpec("evaluate", ("eval_results", "eval_report"), ("lq_pairs", "checkpoints"),
-              "pipeline.stages.evaluate:EvaluateStage"),
+              "pipeline.stages.evaluate:EvaluateStage", gpu=True),
 )
 
 
