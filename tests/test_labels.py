@@ -2,6 +2,7 @@
 store built by the real stages (test profile), and the labelling-task export round trip."""
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import re
@@ -411,12 +412,15 @@ def test_export_round_trip(world, store, tmp_path):
         assert data["candidate_ids"] == world.candidates[sample] == [item["id"] for item in data["items"]]
         x, y, w, h = data["crop_box"]
         size = (w * data["zoom"], h * data["zoom"])
-        paths = [data[f"candidate_{i}"] for i in range(4)] + [data["lq"], data["hr"]]
-        assert paths[:4] == data["files"]["candidates"] and not any(p.startswith("/") for p in paths)
-        for relative in paths:
+        paths = data["files"]["candidates"] + [data["files"]["lq"], data["files"]["hr"]]
+        shown = [data[f"candidate_{i}"] for i in range(4)] + [data["lq"], data["hr"]]
+        assert not any(p.startswith("/") for p in paths)
+        for relative, uri in zip(paths, shown):
             image = Image.open(folder / relative)
             assert image.size == size and image.mode == "RGB"
             assert (np.asarray(image) == OUTLINE).all(axis=2).any()  # the mask outline is drawn
+            # The image itself is embedded in the task, so Label Studio needs no storage to show it.
+            assert uri == "data:image/png;base64," + base64.b64encode((folder / relative).read_bytes()).decode()
     # Simulate an annotator in Label Studio: rank reversed, flag and draw on the first task.
     drawn_task = tasks[0]["data"]
     x, y, w, h = drawn_task["crop_box"]

@@ -49,17 +49,23 @@ IMPORT_HELP = (
     "plus the valid new ones; print every rejected label with its reason.\n\n"
     "CSV / Parquet columns: sample_id, instance_id (empty: the whole image), best, worst (candidate ids), "
     "hallucination (true/false/1/0/yes/no), description, annotator; optional mask (COCO RLE JSON) and "
-    "labelled_at. Label Studio JSON exports: ranker, pairwise, choices, textarea and brush results "
-    "(see pipeline.labels.label_studio).\n\n"
+    "labelled_at. Label Studio exports (JSON, JSON_MIN, CSV, TSV): ranker, pairwise, choices, textarea and brush "
+    "results (see pipeline.labels.label_studio); the annotator is Label Studio's user id.\n\n"
     "Exit status: 0 if a label was accepted or all are duplicates of imported ones (nothing new), 1 if none "
     "was accepted and some were rejected, 2 if the file or the store cannot be used."
 )
 EXPORT_HELP = (
     "Write labelling tasks, one per instance (by sample, then instance index): crops of the instance from "
     "every candidate, the upscaled LQ and the HR, with the mask outlined.\n\n"
-    "Image paths in tasks.json are relative to DIR: serve DIR (or upload it) and pass its URL as "
-    "--url-prefix so Label Studio can load them."
+    "Label Studio: tasks.json holds the images themselves (PNG data URIs), so they load with no storage to set "
+    "up; import it with label_config.xml as the project's labelling config. For large sets pass --url-prefix "
+    "to reference the PNGs under DIR instead, e.g. '/data/local-files/?d=<DIR relative to "
+    "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT>/' with a Local Storage on the project (README \"Label Studio round "
+    "trip\")."
 )
+# Above this tasks.json size the export suggests references (--url-prefix): Label Studio keeps task data in
+# its database and sends it with every task it shows.
+EMBEDDED_WARN_BYTES = 200 * 1024 * 1024
 
 
 @app.command("import", help=IMPORT_HELP)
@@ -121,9 +127,10 @@ def export_command(
                                                                "folder: tasks.csv.")] = ExportFormat.label_studio,
     limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N",
                                               help="Export the first N instances only.")] = None,
-    url_prefix: Annotated[str, typer.Option("--url-prefix", metavar="URL",
-                                            help="Prefix of the image paths in tasks.json (where DIR is served).")
-                          ] = "",
+    url_prefix: Annotated[str | None, typer.Option(
+        "--url-prefix", metavar="URL", show_default=False,
+        help="Reference the images as URL + their path under DIR instead of embedding them in tasks.json.")
+    ] = None,
     candidates: Annotated[str, typer.Option("--candidates", metavar="REF", help="Candidates to crop.")
                           ] = "sr_candidates@latest",
     instances: Annotated[str, typer.Option("--instances", metavar="REF", help="Instances to export.")
@@ -135,8 +142,16 @@ def export_command(
     with opened_store(store) as opened:
         report = export_tasks(opened, to, fmt.value, limit, candidates=candidates, instances=instances,
                               url_prefix=url_prefix, force=force)
+    images = ("; images embedded in tasks.json" if report.embedded
+              else f"; images referenced as {url_prefix}images/..." if url_prefix is not None else "")
+    size = f" ({report.task_bytes / 1e6:.1f} MB)" if report.task_bytes else ""
     console().print(Text(f"exported {report.tasks} tasks ({report.images} images) from "
-                         f"{', '.join(report.inputs)} to {report.folder}: {', '.join(report.files)}"), soft_wrap=True)
+                         f"{', '.join(report.inputs)} to {report.folder}: {', '.join(report.files)}{size}{images}"),
+                    soft_wrap=True)
+    if report.embedded and report.task_bytes > EMBEDDED_WARN_BYTES:
+        console(stderr=True).print(Text(
+            f"warning: tasks.json is {report.task_bytes / 1e6:.0f} MB with the images embedded; for a set this "
+            "large export with --url-prefix and serve DIR (README \"Label Studio round trip\")"), soft_wrap=True)
 
 
 StateDirOption = Annotated[Path | None, typer.Option(

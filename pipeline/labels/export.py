@@ -10,20 +10,24 @@ to the HR size first) and from the HR crop; small crops are enlarged by an integ
     DIR/label_config.xml   (label-studio) the labelling interface for those tasks
     DIR/tasks.csv          (folder) the CSV importer's template, one row per instance
 
-Image references in tasks.json are paths relative to DIR (prefixed with `url_prefix` if
-given): serve DIR over HTTP and pass its URL as the prefix (e.g. `python -m http.server`
-in DIR and `--url-prefix http://localhost:8000/`), or use Label Studio's local file serving
-(`/data/local-files/?d=...`) or cloud storage. `data.files` keeps the relative paths.
+Images in tasks.json are, by default, the PNGs themselves as `data:image/png;base64,...` URIs:
+Label Studio shows them with no storage or server to set up (about 0.13 MB per task, median of
+the test profile's; README "Label Studio round trip"). With `url_prefix` they are references instead, `url_prefix` + the path
+relative to DIR: for Label Studio's local file serving `/data/local-files/?d=<DIR relative to
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT>/` (with a Local Storage on the project), or the URL
+where DIR is served (`http://host:port/`). `data.files` keeps the relative paths either way.
 
 Each task's data: sample_id, instance_id, instance_index, candidate_ids, items (the Ranker's
-List: id = candidate id, title = letter), candidate_<i> / lq / hr / image (image URLs; `image`,
-the HR crop, is the brush canvas), crop_box ([x, y, w, h] in HR pixels), zoom, frame_size
-([h, w]). Export `tasks.json` again from Label Studio once labelled and import it with
-`dspo labels import`.
+List: id = candidate id, title = letter; with `url_prefix` also `html`, a thumbnail),
+candidate_<i> / lq / hr / image (the images; `image`, the HR crop, is the brush canvas),
+crop_box ([x, y, w, h] in HR pixels), zoom, frame_size ([h, w]). Export the labelled tasks
+from Label Studio (JSON, JSON_MIN or CSV) and import the file with `dspo labels import`.
 """
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import math
 import string
@@ -43,7 +47,20 @@ EXPORT_FORMATS = ("label-studio", "folder")
 DISPLAY_SIDE = 256      # crops are enlarged until their longer side reaches this (integer zoom)
 MAX_ZOOM = 8
 OUTLINE = (255, 0, 255)
+MAX_ASPECT = 2          # exported crops are at most twice as long as they are high (or wide)
 SAMPLES_PER_READ = 16
+# The PNGs are embedded in tasks.json by default: level 6 is 13% smaller than level 1; 9 is 13x slower for 2% more.
+PNG_LEVEL = 6
+# Views in Label Studio: a row of flex items that share its width (never below MIN_VIEW px, where
+# the row wraps), each image filling its view: in an auto-sized (inline-block) view Label Studio
+# 1.23 shrinks an image to a few pixels. The references (LQ, HR) are capped smaller, so the
+# ranker below stays near the first screen.
+MIN_VIEW = 180
+MAX_CANDIDATE = 400
+MAX_REFERENCE = 320
+# Without them a candidate's view has no zoom tools beside it taking room from the image (the HR
+# crop keeps them: it is where regions are painted).
+NO_TOOLS = 'zoom="false" zoomControl="false" selectionControl="false"'
 
 
 @dataclass
@@ -52,6 +69,8 @@ class ExportReport:
     format: str
     tasks: int = 0
     images: int = 0
+    embedded: bool = False                           # images in tasks.json as data URIs (else references)
+    task_bytes: int = 0                              # size of tasks.json
     files: list[str] = field(default_factory=list)   # the task files written (relative to folder)
     inputs: list[str] = field(default_factory=list)
 
@@ -64,6 +83,20 @@ def crop_geometry(bbox, frame: tuple[int, int]) -> tuple[list[int], int]:
     x1, y1 = min(frame[1], x + w + pad), min(frame[0], y + h + pad)
     side = max(x1 - x0, y1 - y0, 1)
     return [x0, y0, x1 - x0, y1 - y0], min(MAX_ZOOM, max(1, math.ceil(DISPLAY_SIDE / side)))
+
+
+def balanced(box: list[int], frame: tuple[int, int]) -> list[int]:
+    """`box` ([x, y, w, h]) with its shorter side widened, about its centre and within the (h, w)
+    frame, to at least 1/MAX_ASPECT of the longer: in a row of candidates sharing the page's
+    width a long thin crop would be shown a few pixels high."""
+    _, _, w, h = box
+    for start, size, limit, other in ((0, w, frame[1], h), (1, h, frame[0], w)):
+        wanted = min(limit, max(size, math.ceil(other / MAX_ASPECT)))
+        if wanted > size:
+            low = min(max(0, box[start] - (wanted - size) // 2), limit - wanted)
+            box = [*box[:start], low, *box[start + 1:]]
+            box[start + 2] = wanted
+    return box
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -81,21 +114,27 @@ def crop(image: np.ndarray, box: list[int], zoom: int, edge: np.ndarray) -> Imag
     return Image.fromarray(enlarged)
 
 
+def _image_view(title: str, name: str, widest: int = MAX_CANDIDATE, tools: str = NO_TOOLS) -> str:
+    """A titled <Image> filling a flex item that shares its row's width, `widest` px at most."""
+    style = f"flex: 1 1 0; min-width: {MIN_VIEW}px; max-width: {widest}px"
+    return (f'    <View style="{style}"><Header value={quoteattr(title)} size="5"/>'
+            f'<Image name="{name}" value="${name}" width="100%" maxWidth="100%" {tools}/></View>').replace(" />", "/>")
+
+
 def label_config(candidates: int) -> str:
-    """Label Studio labelling config for the exported tasks (N = `candidates` images)."""
-    images = "\n".join(
-        f'    <View style="display: inline-block; margin: 4px"><Header value="{letter}" size="5"/>'
-        f'<Image name="candidate_{index}" value="$candidate_{index}"/></View>'
-        for index, letter in zip(range(candidates), _letters()))
+    """Label Studio labelling config for the exported tasks (N = `candidates` images): the
+    candidates side by side (wrapping), then the LQ and the HR crop (the brush canvas)."""
+    images = "\n".join(_image_view(letter, f"candidate_{index}")
+                       for index, letter in zip(range(candidates), _letters()))
+    row = '<View style="display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start">'
     return f"""<View>
   <Header value="Rank the candidates on the outlined instance: best first, worst last"/>
-  <View style="display: flex; flex-wrap: wrap">
-    <View style="margin: 4px"><Header value="LQ (upscaled)" size="5"/><Image name="lq" value="$lq"/></View>
-    <View style="margin: 4px"><Header value="HR (reference; draw the hallucinated region here)" size="5"/>
-      <Image name="image" value="$image"/></View>
-  </View>
-  <View>
+  {row}
 {images}
+  </View>
+  {row}
+{_image_view("LQ (upscaled)", "lq", MAX_REFERENCE)}
+{_image_view("HR (reference; draw the hallucinated region here)", "image", MAX_REFERENCE, "")}
   </View>
   <List name="candidates" value="$items" title="Candidates"/>
   <Ranker name="rank" toName="candidates"/>
@@ -139,15 +178,17 @@ def _prepare(folder: Path, force: bool) -> None:
 
 def export_tasks(store: DatasetStore, to, format: str = "label-studio", limit: int | None = None, *,
                  candidates: str = "sr_candidates@latest", instances: str = "instances@latest",
-                 url_prefix: str = "", force: bool = False) -> ExportReport:
-    """Write labelling tasks for the first `limit` instances (all if None) to folder `to`."""
+                 url_prefix: str | None = None, force: bool = False) -> ExportReport:
+    """Write labelling tasks for the first `limit` instances (all if None) to folder `to`;
+    images embedded as data URIs unless `url_prefix` is given (module doc)."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {format!r}; one of {', '.join(EXPORT_FORMATS)}")
     candidates_ref, instances_ref = store.resolve(candidates), store.resolve(instances)
     lq_ref = lq_pairs_of(store, candidates_ref)
     folder = Path(to)
     _prepare(folder, force)
-    report = ExportReport(folder, format, inputs=[candidates_ref, instances_ref, lq_ref])
+    report = ExportReport(folder, format, inputs=[candidates_ref, instances_ref, lq_ref],
+                          embedded=format == "label-studio" and url_prefix is None)
     table = store.read_arrow(instances_ref, columns=["instance_id", "sample_id", "index", "mask", "bbox"])
     table = table.sort_by([("sample_id", "ascending"), ("index", "ascending")])
     if limit is not None:
@@ -155,17 +196,21 @@ def export_tasks(store: DatasetStore, to, format: str = "label-studio", limit: i
     rows = table.to_pylist()
     order = list(dict.fromkeys(row["sample_id"] for row in rows))
     tasks, most = [], 0
+    # The folder format's CSV names only the image folders: nothing to embed.
+    reference = "" if format == "folder" and url_prefix is None else url_prefix
     for start in range(0, len(order), SAMPLES_PER_READ):
         group = order[start:start + SAMPLES_PER_READ]
         samples = _read_samples(store, lq_ref, candidates_ref, group)
         for row in rows:
             if row["sample_id"] in samples:
-                task = _write_instance(folder, row, samples[row["sample_id"]], url_prefix, report)
+                task = _write_instance(folder, row, samples[row["sample_id"]], reference, report)
                 if task is not None:
                     tasks.append(task)
                     most = max(most, len(task["candidate_ids"]))
     if format == "label-studio":
-        (folder / "tasks.json").write_text(json.dumps([{"data": task} for task in tasks], indent=1))
+        content = json.dumps([{"data": task} for task in tasks], indent=1)
+        (folder / "tasks.json").write_text(content)
+        report.task_bytes = len(content)
         (folder / "label_config.xml").write_text(label_config(most))
         report.files = ["tasks.json", "label_config.xml"]
     else:
@@ -198,35 +243,47 @@ def _read_samples(store: DatasetStore, lq_ref: str, candidates_ref: str, group: 
     return found
 
 
-def _write_instance(folder: Path, row: dict, sample: dict, url_prefix: str, report: ExportReport) -> dict | None:
-    """Write the crops of one instance; its task data, or None if it has no candidates or area."""
+def _write_instance(folder: Path, row: dict, sample: dict, url_prefix: str | None,
+                    report: ExportReport) -> dict | None:
+    """Write the crops of one instance; its task data (module doc), or None if it has no
+    candidates or area. `url_prefix` None: the images are embedded as data URIs."""
     if not sample["candidates"] or not row["bbox"] or min(row["bbox"][2:]) <= 0:
         return None
     frame = sample["hr"].shape[:2]
     box, zoom = crop_geometry(row["bbox"], frame)
+    box = balanced(box, frame)
     x, y, w, h = box
     mask = rle.decode(row["mask"])[y:y + h, x:x + w]
     edge = outline(mask.repeat(zoom, axis=0).repeat(zoom, axis=1))
     relative = Path("images") / row["sample_id"] / row["instance_id"]
     (folder / relative).mkdir(parents=True, exist_ok=True)
+    files, shown = {"candidates": []}, {}
 
     def save(image: np.ndarray, name: str) -> str:
+        """Write one crop; its relative path (in `files`) and its task value (in `shown`)."""
         path = (relative / f"{name}.png").as_posix()
-        crop(image, box, zoom, edge).save(folder / path, format="PNG", compress_level=1)
+        buffer = io.BytesIO()
+        crop(image, box, zoom, edge).save(buffer, format="PNG", compress_level=PNG_LEVEL)
+        (folder / path).write_bytes(buffer.getvalue())
         report.images += 1
+        shown[path] = (url_prefix + path if url_prefix is not None
+                       else "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
         return path
 
-    files = {"candidates": [], "lq": save(sample["lq_up"], "lq"), "hr": save(sample["hr"], "hr")}
+    files["lq"], files["hr"] = save(sample["lq_up"], "lq"), save(sample["hr"], "hr")
     items = []
     for (candidate_id, image), letter in zip(sample["candidates"], _letters()):
         path = save(image, f"{letter}-{candidate_id}")
         files["candidates"].append(path)
-        items.append({"id": candidate_id, "title": letter, "body": f"candidate {letter} ({candidate_id})",
-                      "html": f"<img src={quoteattr(url_prefix + path)} alt={quoteattr(letter)}/>"})
+        item = {"id": candidate_id, "title": letter, "body": f"candidate {letter}"}
+        if url_prefix is not None:
+            # A thumbnail in the Ranker's list costs nothing by reference; embedded it would double the task.
+            item["html"] = f"<img src={quoteattr(shown[path])} alt={quoteattr(letter)} width=\"96\"/>"
+        items.append(item)
     data = {"sample_id": row["sample_id"], "instance_id": row["instance_id"], "instance_index": row["index"],
             "candidate_ids": [item["id"] for item in items], "items": items}
-    data.update({f"candidate_{index}": url_prefix + path for index, path in enumerate(files["candidates"])})
-    data.update({"lq": url_prefix + files["lq"], "hr": url_prefix + files["hr"], "image": url_prefix + files["hr"],
+    data.update({f"candidate_{index}": shown[path] for index, path in enumerate(files["candidates"])})
+    data.update({"lq": shown[files["lq"]], "hr": shown[files["hr"]], "image": shown[files["hr"]],
                  "crop_box": box, "zoom": zoom, "frame_size": [int(frame[0]), int(frame[1])], "files": files})
     return data
 

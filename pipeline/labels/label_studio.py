@@ -5,8 +5,11 @@ The export is a list of tasks (a single task object is accepted too), each with 
 (`was_cancelled`) is one label; tasks without annotations and cancelled annotations are
 counted as skipped. From the task `data`: `sample_id`, `instance_id` (absent: an image-level
 label), and, for brush regions drawn on an exported crop, `crop_box` ([x, y, w, h] in HR
-pixels). The annotator is the annotation's `completed_by` (an email, a user id, or an object
-with `email` / `id`), else --annotator; the time is its `updated_at` / `created_at`.
+pixels). The annotator is the annotation's `completed_by`: Label Studio 1.23 writes the numeric
+user id (`1`), kept as its text ("1"), the same id its JSON_MIN / CSV exports carry; an email, or
+an object with `email` / `id` (other versions), gives the email, else the id; none: --annotator.
+The time is its `updated_at` (a later one on re-export: an edit, pipeline.labels.importer), else
+`created_at`.
 
 Accepted `result` items:
 
