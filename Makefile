@@ -39,8 +39,11 @@ run: $(STAMP)
 	$(VENV)/bin/dspo pipeline --profile demo
 	$(VENV)/bin/dspo datasets ls
 
+# Test files are spread over TEST_WORKERS processes (a file's tests stay in one process, so its
+# module fixtures are built once); the slowest tests are listed at the end.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 clean:
 	rm -rf $(VENV) .dspo

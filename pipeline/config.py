@@ -9,6 +9,7 @@ accepted ones (pipeline.config_errors)."""
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from dspo_core.degradation import DegradationConfig
 from dspo_core.feedback import CaptionerConfig, FeedbackConfig
+from dspo_core.devices import TorchDevice
 from dspo_core.iqa import IQAConfig
+from dspo_core.iqa.protocol import protocol_metrics
 from dspo_core.pairs import PairConfig
 from dspo_core.segment import SegmenterConfig
 from dspo_core.sr.base import SETTING_FIELDS, CandidateSettings
@@ -189,7 +192,8 @@ class SegmentConfig(Section):
 
 
 class ScoreConfig(Section):
-    """How every (instance, candidate) is scored (`instance_scores`)."""
+    """How every (instance, candidate) is scored (`instance_scores`): raw pyiqa values, each metric
+    normalised on its scale over the whole dataset (dspo_core.iqa.rewards), then the hybrid reward."""
 
     iqa: IQAConfig = Field(default_factory=IQAConfig, description="pyiqa metrics and how masks are applied.")
     fr_weight: float = Field(0.5, ge=0, description="Share of the mean normalised full-reference score in the reward.")
@@ -227,8 +231,10 @@ class TrainStageConfig(Section):
                                description="dspo_core.train.TrainConfig: steps, batch, lr, beta, masks, text mode...")
     splits: list[str] = Field(default_factory=lambda: ["train"],
                               description="lq_pairs splits whose pairs train (evaluate uses the test split).")
-    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for the eval metrics, "
-                                                              "by a stable hash of pair_id.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of samples held out for the eval metrics: "
+                                                              "every pair of a sample whose stable hash of "
+                                                              "sample_id is under it (image-disjoint: no sample "
+                                                              "has pairs on both sides).")
     resume: bool = Field(False, description="Continue from the latest checkpoint of the same run_id (same "
                                             "backbone, data and hyperparameters; max_steps may grow).")
     save_every: int = Field(0, ge=0, description="A checkpoints row every this many steps; 0 = only at the end.")
@@ -249,20 +255,86 @@ class TrainStageConfig(Section):
         return self
 
 
+CHECKPOINT_SOURCE = re.compile(r"base|input|checkpoints@v[1-9][0-9]*")
+
+
+class CompareMethod(Section):
+    """One method `evaluate` scores: a name and where its weights come from."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
+                      description="The method's row in the report (e.g. base, image-dpo, dspo): letters, digits, . _ + -.")
+    checkpoint: str = Field("input", description="'base' (the checkpoints' backbone, no LoRA), 'input' (the "
+                                                 "stage's checkpoints input: what this run trained) or a fixed "
+                                                 "'checkpoints@vN' (e.g. an image-level DPO run).")
+    step: int | None = Field(None, ge=0, description="Checkpoint step; None = the version's highest. Not for base.")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _fixed_source(cls, value: str) -> str:
+        if not CHECKPOINT_SOURCE.fullmatch(value):
+            raise ValueError(f"invalid checkpoint {value!r}; accepted: base, input, checkpoints@vN (a fixed version: "
+                             "a moving ref such as @latest or a tag would leave cached results stale)")
+        return value
+
+    @model_validator(mode="after")
+    def _base_has_no_step(self) -> CompareMethod:
+        if self.checkpoint == "base" and self.step is not None:
+            raise ValueError(f"method {self.name!r}: base has no step (it is the backbone without a LoRA)")
+        return self
+
+
 class EvaluateConfig(Section):
-    """How the latest checkpoint is compared with its base model on held-out `lq_pairs` (`eval_results`)."""
+    """How methods (base, checkpoints) are compared on held-out `lq_pairs` (`eval_results`, `eval_report`)."""
 
     splits: list[str] = Field(default_factory=lambda: ["test"],
                               description="lq_pairs splits to evaluate on; none there: 'val', then all rows "
                                           "(the fallback is named in the manifest notes and the log).")
-    iqa: IQAConfig = Field(default_factory=lambda: IQAConfig(metrics=["psnr", "ssim", "gmsd", "fsim", "vsi", "piqe"]),
-                           description="Metrics, scored on the whole image (one all-ones mask) against the HR crop.")
+    protocol: Literal["osediff", "weight-free"] = Field(
+        "weight-free", description="Metric set (dspo_core.iqa.protocol): 'osediff' = the field's (PSNR/SSIM on "
+                                   "YCbCr-Y, LPIPS, DISTS, FID, NIQE, MUSIQ, MANIQA-pipal, CLIPIQA; weights must be "
+                                   "cached); 'weight-free' = offline metrics, not the paper's, labelled so.")
+    metrics: list[str] | None = Field(None, description="A subset of the protocol's metrics (their keys); None = all.")
+    device: TorchDevice = Field("cpu", description="torch device the metrics run on ('cpu', 'cuda', 'cuda:1', ...).")
+    compare: list[CompareMethod] = Field(
+        default_factory=lambda: [CompareMethod(name="base", checkpoint="base"), CompareMethod(name="tuned")],
+        min_length=2, description="The methods, in report order: exactly one 'base' (the win-rates' reference) and "
+                                  "checkpoints on the same backbone. Default: base vs the input checkpoint.")
     settings: CandidateSettings = Field(default_factory=CandidateSettings,
-                                        description="Sampling settings of both models (unset fields: backbone "
+                                        description="Sampling settings of every method (unset fields: backbone "
                                                     "defaults); the seed is mixed with each sample id.")
-    step: int | None = Field(None, description="Checkpoint step to evaluate; None = the last one of the "
-                                               "checkpoints version.")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Bootstrap resamples over images for the CIs.")
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap draws (the same draws for every method).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the percentile bootstrap CIs.")
     grid_samples: int = Field(4, ge=1, description="Samples shown in the side-by-side PNG grid.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _protocol_metrics(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None or "protocol" not in info.data:
+            return value
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"metrics must be unique and not empty, got {value}")
+        accepted = [metric.key for metric in protocol_metrics(info.data["protocol"])]
+        for index, key in enumerate(value):
+            if key not in accepted:
+                raise ValueError(f"[{index}] {key!r} is not a metric of protocol {info.data['protocol']!r}"
+                                 f"{close_matches(key, accepted)}; accepted: {', '.join(accepted)}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_methods(self) -> EvaluateConfig:
+        names = [method.name for method in self.compare]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compare: method names must be unique, got {names}")
+        bases = [method.name for method in self.compare if method.checkpoint == "base"]
+        if len(bases) != 1 or len(bases) == len(names):
+            raise ValueError(f"compare needs exactly one method with checkpoint 'base' and at least one checkpoint; "
+                             f"got {len(bases)} base of {len(names)}")
+        return self
+
+    @property
+    def base_method(self) -> str:
+        return next(method.name for method in self.compare if method.checkpoint == "base")
 
 
 class PipelineConfig(Section):

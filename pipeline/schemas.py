@@ -40,7 +40,9 @@ LQ_PAIRS = pa.schema([
     ("pad_bottom", pa.int32()),          # rows mirrored below a source shorter than gt_size (BORDER_REFLECT_101), else 0
     ("pad_right", pa.int32()),           # columns mirrored right of a source narrower than gt_size, else 0
     ("scale", pa.int32()),               # HR side / LQ side
-    ("hr", IMAGE_TYPE),                  # the HR crop (ground truth), padded where the source is smaller
+    ("hr", IMAGE_TYPE),                  # the HR crop (ground truth, not sharpened), padded where the source is smaller
+    ("hr_usm", IMAGE_TYPE),              # degradation.gt_usm on: USMSharp(hr), what the lq was degraded from
+                                         # (Real-ESRGAN's L1 / perceptual target); null when gt_usm is off
     ("lq", IMAGE_TYPE),                  # the degraded low-quality input
     ("seed", pa.int64()),                # seed of every random draw of this degradation
     ("degradation_params", pa.string()), # JSON of every sampled value (dspo_core.degradation.DegradationParams)
@@ -48,7 +50,11 @@ LQ_PAIRS = pa.schema([
 ])
 """`lq_pairs`: one row per degraded crop, every crop `gt_size` square (sources smaller on a side
 are padded there, as BasicSR's RealESRGANDataset does; the manifest counts them in
-`padded_crops`); `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit."""
+`padded_crops`); `dspo_core.degradation.replay(row, hr)` regenerates `lq` bit-for-bit.
+A real-world paired benchmark (`dspo ingest --paired`, pipeline.paired) writes the same columns:
+one row per HR/LR file pair, split `test`, the crop box the whole HR, `seed` and
+`degradation_params` null (nothing synthetic to replay), `notes` naming the two files; its
+manifest says `degradation: real` and names the benchmark."""
 
 SR_CANDIDATES = pa.schema([
     ("candidate_id", pa.string()),       # stable_id("candidate", sample_id, candidate_index)
@@ -103,13 +109,14 @@ INSTANCE_SCORES = pa.schema([
     ("kind", pa.string()),               # fr | nr | reward | fr_mean | nr_mean
     ("value", pa.float64()),             # raw metric value on pyiqa's scale (aggregates: same as normalised)
     ("lower_better", pa.bool_()),
-    ("normalised", pa.float64()),        # min-max over the instance's N candidates, 1 = best
+    ("normalised", pa.float64()),        # logistic of the metric's z-score over the whole dataset (higher = better)
     ("method", pa.string()),             # masked_map | bbox_fill | aggregate
     ("normalisation", pa.string()),      # how `normalised` was computed
     ("pyiqa_version", pa.string()),
 ])
 """`instance_scores`: one row per (instance, candidate, metric), plus the reward rows: the
-hybrid reward = fr_weight * fr_mean + nr_weight * nr_mean (DP2O-SR)."""
+hybrid reward = fr_weight * fr_mean + nr_weight * nr_mean (DP2O-SR). The manifest's
+`normalisation` holds each metric's dataset-wide scale (dspo_core.iqa.rewards)."""
 
 PAIRS = pa.schema([
     ("pair_id", pa.string()),            # stable hash of (sample_id, instance_id, winner_id, loser_id)
@@ -168,7 +175,7 @@ CHECKPOINTS = pa.schema([
     ("trainer_state", pa.large_binary()),# tar of the whole DSPOTrainer.save_checkpoint folder (optimizer, scheduler, RNG): resume
     ("config", pa.string()),             # JSON of the train stage config (backbone, TrainConfig, split, eval_fraction)
     ("train_pairs", pa.int32()),         # pairs trained on
-    ("eval_pairs", pa.int32()),          # held-out pairs (stable hash of pair_id < eval_fraction)
+    ("eval_pairs", pa.int32()),          # held-out pairs: all pairs of the samples whose stable hash of sample_id < eval_fraction
     ("train_metrics", pa.string()),      # ref of the train_metrics version this run logged to
     ("resumed_from", pa.string()),       # "checkpoints@vN:step" this run continued from, or null
     ("inputs", pa.list_(pa.string())),   # the pinned input refs (also the manifest's lineage)
@@ -188,28 +195,37 @@ TRAIN_METRICS = pa.schema([
 `eval_<key>` values under the plain key names. Published by the train stage next to `checkpoints`."""
 
 EVAL_RESULTS = pa.schema([
-    ("sample_id", pa.string()),          # the lq_pairs row evaluated
-    ("split", pa.string()),              # its lq_pairs split
-    ("model", pa.string()),              # base | tuned
-    ("weights_id", pa.string()),         # backbone weights (tuned: base + the LoRA digest)
-    ("checkpoint_id", pa.string()),      # the checkpoints row whose LoRA makes `tuned`
-    ("step", pa.int64()),                # that checkpoint's step
-    ("metric", pa.string()),             # pyiqa name
-    ("kind", pa.string()),               # fr | nr
-    ("value", pa.float64()),             # whole-image score of the SR output (fr: against the HR crop)
+    ("sample_id", pa.string()),          # the lq_pairs row evaluated; null on a set-level row (FID)
+    ("split", pa.string()),              # its lq_pairs split; null on a set-level row
+    ("method", pa.string()),             # the evaluate.compare name (base, tuned, image-dpo, dspo, ...)
+    ("weights_id", pa.string()),         # backbone weights (a checkpoint: base + the LoRA digest)
+    ("checkpoint_ref", pa.string()),     # the checkpoints version whose LoRA makes `method`; null for base
+    ("checkpoint_id", pa.string()),      # that checkpoints row; null for base
+    ("step", pa.int64()),                # that checkpoint's step; null for base
+    ("protocol", pa.string()),           # evaluate.protocol: osediff | weight-free
+    ("metric", pa.string()),             # the protocol's metric key (psnr, ssim, lpips, fid, maniqa-pipal, ...)
+    ("pyiqa_metric", pa.string()),       # the pyiqa.create_metric name
+    ("options", pa.string()),            # JSON of its create_metric options ({"color_space": "ycbcr", ...})
+    ("kind", pa.string()),               # fr (against the HR image) | nr (the SR image alone)
+    ("level", pa.string()),              # image (one value per sample) | set (one value per method: FID)
+    ("value", pa.float64()),             # whole-image score of the SR output, pyiqa's scale
     ("lower_better", pa.bool_()),
 ])
-"""`eval_results`: one row per (held-out sample, model, metric). The manifest metadata holds the
-per-model means, the markdown report and the ref of its `eval_report` row."""
+"""`eval_results`: one row per (held-out sample, method, image-level metric), plus one row per
+(method, set-level metric) with null sample_id. Every method is scored on the same samples, seeds
+and settings, so the per-image values pair up by sample_id (recompute any mean, CI or win-rate
+from them). The manifest metadata holds the table, the markdown report, the methods (refs,
+checkpoint ids, steps: what exactly was evaluated) and the ref of its `eval_report` row."""
 
 EVAL_REPORT = pa.schema([
-    ("checkpoint_id", pa.string()),      # the checkpoint evaluated
-    ("step", pa.int64()),
+    ("protocol", pa.string()),           # evaluate.protocol
+    ("methods", pa.string()),            # JSON list of {name, source, checkpoint_ref, checkpoint_id, step, ...}
     ("split", pa.string()),              # the split evaluated, or "all" (fallbacks are named in `notes`)
     ("samples", pa.int32()),
-    ("means", pa.string()),              # JSON {metric: {base, tuned, delta, lower_better, better}}
-    ("markdown", pa.string()),           # the report: means table, base vs tuned, with deltas and arrows
-    ("grid", IMAGE_TYPE),                # PNG: LQ (upscaled) | base | tuned | HR, one row per sample
+    ("table", pa.string()),              # JSON {method: {metric: {level, mean, ci_low, ci_high, n, wins, ties, losses, win_rate}}}
+    ("markdown", pa.string()),           # the report: the method x metric table with CIs, the win-rates vs base
+    ("csv", pa.string()),                # the same table as CSV, one row per method
+    ("grid", IMAGE_TYPE),                # PNG: LQ (upscaled) | each method | HR, one row per sample
     ("notes", pa.string()),              # fallbacks used, or ""
 ])
 """`eval_report`: one row per evaluate run, published by the evaluate stage next to `eval_results`."""

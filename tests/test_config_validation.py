@@ -98,7 +98,15 @@ def test_every_shipped_profile_is_valid(profile):
 @pytest.mark.parametrize("overrides, fragments", [
     (["score.iqa.metrics=[foo]"], ["score.iqa.metrics[0]: unknown IQA metric 'foo'; accepted: ", "psnr, psnry",
                                    "(pyiqa "]),
-    (["evaluate.iqa.metrics=[psnr, lpipz]"], ["evaluate.iqa.metrics[1]: unknown IQA metric 'lpipz' (did you mean lpips"]),
+    (["evaluate.protocol=osediff", "evaluate.metrics=[psnr, lpipz]"], [
+        "evaluate.metrics: [1] 'lpipz' is not a metric of protocol 'osediff' (did you mean lpips?); accepted: "
+        "psnr, ssim, lpips, dists, fid, niqe, musiq, maniqa-pipal, clipiqa"]),
+    (["evaluate.protocol=paper"], ["evaluate.protocol: invalid value 'paper'", "accepted: osediff, weight-free"]),
+    (["evaluate.compare=[{name: base, checkpoint: base}, {name: dspo, checkpoint: checkpoints@latest}]"], [
+        "evaluate.compare[1].checkpoint: invalid checkpoint 'checkpoints@latest'; accepted: base, input, "
+        "checkpoints@vN"]),
+    (["evaluate.compare=[{name: a, checkpoint: input}, {name: b, checkpoint: checkpoints@v2}]"], [
+        "compare needs exactly one method with checkpoint 'base'"]),
     (["score.iqa.metrics=[psnr, fid]"], ["score.iqa.metrics[1]: IQA metric 'fid' does not give one score per image"]),
     (["score.iqa.min_sizes={psnr: 4, nqie: 96}"], ["score.iqa.min_sizes.nqie: unknown IQA metric 'nqie' (did you "
                                                    "mean niqe"]),
@@ -198,12 +206,16 @@ def test_accepted_values_load():
                                   "sample.sources=[{backbone: sd-x4-upscaler, grid: {steps: [20, 50]}}, "
                                   "{backbone: realesrgan, config: {variant: x4plus-anime, tile: 0}}]",
                                   "train.backbone_config={device: cuda:0, dtype: bfloat16, lora: {rank: 16}}",
-                                  "evaluate.iqa.metrics=[lpips, musiq]", "train.backbone=one-step-sd"])
+                                  "evaluate.protocol=osediff", "evaluate.metrics=[lpips, fid, musiq]",
+                                  "evaluate.compare=[{name: base, checkpoint: base}, {name: image-dpo, "
+                                  "checkpoint: checkpoints@v1, step: 4}, {name: dspo}]",
+                                  "train.backbone=one-step-sd"])
     assert config.segment.segmenter.device == "cuda:1" and config.caption.captioner.device == "auto"
     assert len(config.sample.sources[0].candidate_settings()) == 2
     assert config.sample.sources[1].config == {"variant": "x4plus-anime", "tile": 0}
     assert config.train.backbone_config["lora"] == {"rank": 16}
-    assert set(config.evaluate.iqa.metrics).isdisjoint(UNSUPPORTED_METRICS)
+    assert config.evaluate.metrics == ["lpips", "fid", "musiq"] and config.evaluate.base_method == "base"
+    assert [m.checkpoint for m in config.evaluate.compare] == ["base", "checkpoints@v1", "input"]
 
 
 # --------------------------------------------------------------------------- at the command line
