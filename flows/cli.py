@@ -1,4 +1,4 @@
-"""Entry point of the `dspo` console script (`dspo = flows.cli:app` in pyproject.toml).
+"""Entry point of the `dspo` console script (`dspo = flows.cli:main` in pyproject.toml).
 
 Assembles the command line: the pipeline layer's commands (`datasets`, `doctor`, `run`, ...)
 merged in as they are, plus the orchestration commands, which belong here because `pipeline/`
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -264,4 +265,22 @@ def pipeline_command(
     _after_run(report["ui_url"] if report["healthy"] else None, store)
 
 
-__all__ = ["app"]
+INTERRUPTED_EXIT = 130  # typer's status for Ctrl+C
+
+
+def main() -> None:
+    """The `dspo` console script: `app`, except that Ctrl+C ends the process at once. A normal
+    interpreter exit joins every worker thread, and one still waiting on a silent S3 endpoint
+    (botocore's read timeout is 60 s, then it retries) would keep the process alive long after
+    the user pressed Ctrl+C."""
+    try:
+        app()
+    except SystemExit as stop:
+        if stop.code != INTERRUPTED_EXIT:
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED_EXIT)
+
+
+__all__ = ["app", "main"]

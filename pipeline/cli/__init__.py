@@ -1,7 +1,7 @@
 """The `dspo` command line of the pipeline layer: `dspo datasets ...`, `dspo doctor`, and
 the in-process stage commands `dspo ingest`, `dspo stage`, `dspo run`.
 
-`flows/cli.py` mounts this app into the console script (`dspo = flows.cli:app`) and adds
+`flows/cli.py` mounts this app into the console script (`dspo = flows.cli:main`) and adds
 the orchestration commands, which need Prefect; this package never imports Prefect, so
 the commands here also work where only the pipeline layer is installed.
 """
