@@ -311,7 +311,10 @@ def test_console_script_ctrl_c_exits_130_quietly(tmp_path):
         variables = {**os.environ, "COLUMNS": "200", **env}
         variables.pop("DSPO_STORE", None)
         process = subprocess.Popen([str(DSPO), "datasets", "ls", "--store", "s3://bucket/x"], cwd=tmp_path,
-                                   env=variables, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   env=variables, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   # As a terminal starts it: a test run in the background (or a pytest
+                                   # worker) has SIGINT ignored, and a child inherits that.
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             connection, _ = silent.accept()
             process.send_signal(signal.SIGINT)

@@ -148,9 +148,17 @@ def test_gpu_workers_and_stage_runs_on_a_postgresql_server(postgres, tmp_path):
         assert segment["work_pool_name"] == GPU_POOL
         assert store.manifest("instances@v1")["inputs"] == ["lq_pairs@v1"]
         assert store.manifest("instances@v1")["run_id"] == segment["id"]
-        status, logs = prefect_api.http("POST", f"{prefect_api.api_url(port)}/logs/filter", {
-            "logs": {"flow_run_id": {"any_": [segment["id"]]}}, "limit": 200}, timeout=30)
-        assert status == 200 and any("instances@v1" in line["message"] for line in logs), logs
+        # The worker ships a run's last log lines after the run has ended: wait for the publish line.
+        deadline = time.monotonic() + 60
+        while True:
+            status, logs = prefect_api.http("POST", f"{prefect_api.api_url(port)}/logs/filter", {
+                "logs": {"flow_run_id": {"any_": [segment["id"]]}}, "sort": "TIMESTAMP_DESC", "limit": 200},
+                timeout=30)
+            found = status == 200 and any("instances@v1" in line["message"] for line in logs)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert found, logs
         status, artifacts = prefect_api.http("POST", f"{prefect_api.api_url(port)}/artifacts/filter", {
             "artifacts": {"flow_run_id": {"any_": [segment["id"]]}}}, timeout=30)
         assert status == 200 and "dspo-segment-result" in {item["key"] for item in artifacts}, artifacts
