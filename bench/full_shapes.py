@@ -53,6 +53,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The per-stage RSS readings of bench/stages.py (this script's folder is on sys.path when it runs).
+from stages import reset_peak, status_mb  # noqa: E402
+
 # stabilityai/stable-diffusion-2-1-base's unet/, vae/ and text_encoder/ config.json values.
 SD21_UNET = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -185,23 +188,6 @@ def prepare(work: Path, images: int) -> None:
 
 
 # ------------------------------------------------------------------ one stage (a child process)
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(args: argparse.Namespace) -> None:
     import contextlib
 

@@ -30,6 +30,7 @@ import psutil
 import pytest
 import torch
 from PIL import Image
+from support.stack_processes import processes_of
 
 from flows import environment, prefect_api, stack, stack_state, supervisor
 from flows.dag import upstream
@@ -91,16 +92,6 @@ class Stack:
             if flow_run["parameters"].get("store") == store_uri:
                 runs.setdefault(flows[flow_run["flow_id"]], []).append(flow_run)
         return runs
-
-
-def processes_of(records: list[dict]) -> list[psutil.Process]:
-    """The recorded processes and all their descendants that are alive now."""
-    found = []
-    for record in records:
-        if supervisor.is_ours(record):
-            process = psutil.Process(record["pid"])
-            found += [process, *process.children(recursive=True)]
-    return found
 
 
 def alive(process: psutil.Process) -> bool:

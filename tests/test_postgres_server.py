@@ -24,6 +24,7 @@ import psutil
 import pytest
 import torch
 from PIL import Image
+from support.stack_processes import processes_of
 
 from flows import prefect_api, stack, supervisor
 from flows.common import stage_deployment
@@ -53,16 +54,6 @@ def run(argv: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
 def explain(result: subprocess.CompletedProcess, state: Path) -> str:
     logs = "\n".join(f"--- {name}.log\n{supervisor.tail(state / 'logs' / f'{name}.log', 30)}" for name in LOGS)
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}\n{logs}"
-
-
-def processes_of(records: list[dict]) -> list[psutil.Process]:
-    """The recorded processes that are ours and all their descendants, alive now."""
-    found = []
-    for record in records:
-        if supervisor.is_ours(record):
-            process = psutil.Process(record["pid"])
-            found += [process, *process.children(recursive=True)]
-    return found
 
 
 @pytest.fixture(scope="module")
